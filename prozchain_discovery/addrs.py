@@ -20,8 +20,12 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from multiaddr import Multiaddr
+
+if TYPE_CHECKING:
+    from libp2p.peer.id import ID
 
 __all__ = [
     "AddrScope",
@@ -32,6 +36,7 @@ __all__ = [
     "network_group",
     "strip_p2p",
     "is_relayed",
+    "peer_id_of",
     "is_unspecified",
     "parse_multiaddr",
     "AddressError",
@@ -78,6 +83,23 @@ def _first_value(ma: Multiaddr, codes: Iterable[str]) -> tuple[str, str] | None:
             except Exception:
                 return None
     return None
+
+
+def peer_id_of(ma: Multiaddr) -> "ID | None":
+    """The peer id at the end of an address (``.../p2p/<id>``), or None."""
+    from libp2p.peer.id import ID
+
+    found = None
+    for proto in ma.protocols():
+        if proto.name == "p2p":
+            found = True
+    if not found:
+        return None
+    try:
+        text = str(ma).rsplit("/p2p/", 1)[1].split("/", 1)[0]
+        return ID.from_base58(text)
+    except Exception:
+        return None
 
 
 def is_relayed(ma: Multiaddr) -> bool:

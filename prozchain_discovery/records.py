@@ -36,6 +36,7 @@ __all__ = [
     "VerifiedRecord",
     "verify_record",
     "sign_record",
+    "verify_many",
 ]
 
 PEER_RECORD_DOMAIN = "libp2p-peer-record"
@@ -133,3 +134,27 @@ def sign_record(
     """Seal our own record. ``seq`` defaults to a timestamp (strictly increasing)."""
     record = PeerRecord(peer_id, [strip_p2p(a) for a in addrs], timestamp_seq() if seq is None else seq)
     return seal_record(record, key).marshal_envelope()
+
+
+def verify_many(
+    blobs: list[bytes],
+    *,
+    local_peer_id: ID | None = None,
+    max_addrs: int = MAX_ADDRS_PER_RECORD,
+) -> tuple[list[VerifiedRecord], dict[RecordRejection, int]]:
+    """Verify each record on its own: bad ones are dropped and counted, the rest kept.
+
+    Duplicates of one peer in the same answer keep only the highest seq.
+    """
+    good: dict[ID, VerifiedRecord] = {}
+    rejected: dict[RecordRejection, int] = {}
+    for blob in blobs:
+        try:
+            rec = verify_record(blob, max_addrs=max_addrs, local_peer_id=local_peer_id)
+        except RecordError as exc:
+            rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
+            continue
+        prev = good.get(rec.peer_id)
+        if prev is None or rec.seq > prev.seq:
+            good[rec.peer_id] = rec
+    return list(good.values()), rejected

@@ -1,0 +1,62 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+APT_PACKAGES := dnsmasq-base
+
+.PHONY: help setup system-deps test lint typecheck unit demo bench protos clean
+
+help:
+	@echo "make demo   - set up and run a local multi-node network with progress and a summary"
+	@echo "make test   - set up and run the whole suite (lint, types, tests)"
+	@echo "make bench  - run the benchmarks (figures go to bench/RESULTS.md by hand)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP) system-deps
+
+# Debian packages the tests use (a real dnsmasq for DNS seeds). Installed only when root;
+# otherwise the tests that need them say what to install and skip.
+system-deps:
+	@missing=""; command -v dnsmasq >/dev/null 2>&1 || missing="$$missing dnsmasq-base"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || \
+	    echo "warning: could not install$$missing"; \
+	  else echo "note: install$$missing (as root) to run the DNS seed tests"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check prozchain_discovery tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy prozchain_discovery
+
+unit: setup
+	$(PY) -m pytest -q
+
+test: setup lint typecheck unit
+
+demo: setup
+	$(PY) -m prozchain_discovery demo --nodes 30
+
+bench: setup
+	$(PY) bench/bench_join.py
+	$(PY) bench/bench_peerdb.py
+
+# Regenerate wire/pb from protocols/*.proto (needs grpcio-tools; output is committed).
+protos:
+	@test -x /tmp/prozchain-protoc/bin/python || ($(PYTHON) -m venv /tmp/prozchain-protoc && /tmp/prozchain-protoc/bin/pip install -q 'grpcio-tools==1.76.*')
+	tmp=$$(mktemp -d); /tmp/prozchain-protoc/bin/python -m grpc_tools.protoc \
+	  --proto_path=prozchain/discovery/v1=protocols --python_out=$$tmp --pyi_out=$$tmp \
+	  prozchain/discovery/v1/bootstrap.proto prozchain/discovery/v1/pex.proto && \
+	  mv $$tmp/prozchain/discovery/v1/* prozchain_discovery/wire/pb/ && rm -rf $$tmp
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-out *.egg-info

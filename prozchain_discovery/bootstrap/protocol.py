@@ -1,0 +1,90 @@
+"""``/prozchain/bootstrap/1.0`` — what to answer and how to read an answer (sans-IO).
+
+See protocols/bootstrap.md. The trio side is :mod:`prozchain_discovery.exchange`; the service
+supplies the candidate records (its verified peers' own signed records).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import multiaddr
+from libp2p.peer.id import ID
+
+from ..addrs import AddressError, parse_multiaddr
+from ..records import RecordRejection, VerifiedRecord, verify_many
+from ..wire.messages import BootstrapRequest, BootstrapResponse, BootstrapStatus, fit_records
+
+__all__ = ["BootstrapResponder", "BootstrapAnswer", "read_bootstrap_answer"]
+
+OK = BootstrapStatus.Value("OK")
+WRONG_NETWORK = BootstrapStatus.Value("WRONG_NETWORK")
+BUSY = BootstrapStatus.Value("BUSY")
+
+
+class BootstrapResponder:
+    """Decides a bootstrap answer. ``max_answer`` caps ``max_peers`` (default 50)."""
+
+    def __init__(self, network_id: str, max_answer: int = 50) -> None:
+        self.network_id = network_id
+        self.max_answer = max_answer
+
+    def respond(
+        self,
+        request: BootstrapRequest,
+        caller: ID,
+        observed: multiaddr.Multiaddr | None,
+        candidates: Iterable[tuple[ID, bytes]],
+        busy: bool = False,
+    ) -> BootstrapResponse:
+        observed_bytes = observed.to_bytes() if observed is not None else b""
+        if request.network_id != self.network_id:
+            return BootstrapResponse(WRONG_NETWORK, self.network_id, observed_bytes, [])
+        if busy:
+            return BootstrapResponse(BUSY, self.network_id, observed_bytes, [])
+        limit = min(request.max_peers or self.max_answer, self.max_answer)
+        picked: list[bytes] = []
+        for peer_id, envelope in candidates:
+            if len(picked) >= limit:
+                break
+            if peer_id == caller:
+                continue  # never the caller itself
+            picked.append(envelope)
+        return BootstrapResponse(OK, self.network_id, observed_bytes, fit_records(picked))
+
+
+@dataclass
+class BootstrapAnswer:
+    status: int
+    network_id: str
+    observed_addr: multiaddr.Multiaddr | None
+    records: list[VerifiedRecord]
+    rejected: dict[RecordRejection, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def wrong_network(self) -> bool:
+        return self.status == WRONG_NETWORK
+
+
+def read_bootstrap_answer(
+    response: BootstrapResponse, *, local_peer_id: ID, responder: ID
+) -> BootstrapAnswer:
+    """Verify every record on its own; bad ones are dropped and counted, the rest kept."""
+    observed: multiaddr.Multiaddr | None = None
+    if response.observed_addr:
+        try:
+            observed = parse_multiaddr(response.observed_addr)
+        except AddressError:
+            observed = None
+    records, rejected = verify_many(response.signed_records, local_peer_id=local_peer_id)
+    kept = []
+    for rec in records:
+        if rec.peer_id == responder:
+            continue  # we know the responder already; its own record came with identify
+        kept.append(rec)
+    return BootstrapAnswer(response.status, response.network_id, observed, kept, rejected)

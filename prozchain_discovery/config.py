@@ -1,0 +1,287 @@
+"""Typed configuration, loadable from TOML, with one clear error per bad field.
+
+The shape mirrors the seed (§3.1 ``BootstrapConfig``, §3.2 ``PeerExchangeConfig``); defaults are
+what a node on the public network should run with. Every section is a frozen dataclass;
+:func:`load_config` maps a TOML document onto them and raises :class:`ConfigError` naming the
+dotted field (``bootstrap.min_peers_for_startup``) and what was wrong.
+
+Example ``node.toml``::
+
+    network_id = "prozchain-testnet"
+    listen = ["/ip4/0.0.0.0/tcp/4001"]
+
+    [bootstrap]
+    bootstrap_nodes = ["/ip4/198.51.100.7/tcp/4001/p2p/12D3KooW..."]
+    dns_seeds = ["/dnsaddr/seed.prozchain.test", "seed2.prozchain.test:4001"]
+    enable_local_discovery = true
+    min_peers_for_startup = 8
+    dns_lookup_interval = 300
+
+    [bootstrap.dns]
+    nameservers = ["127.0.0.1"]
+    port = 5353
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .addrs import AddressError, parse_multiaddr
+
+__all__ = [
+    "ConfigError",
+    "DnsConfig",
+    "BackoffConfig",
+    "BootstrapConfig",
+    "PexConfig",
+    "PeerDbSettings",
+    "ServerConfig",
+    "DiscoveryConfig",
+    "load_config",
+    "config_from_dict",
+]
+
+DEFAULT_NETWORK_ID = "prozchain-mainnet"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. ``field`` is the dotted name, e.g. ``bootstrap.dns.port``."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"config field '{field_name}': {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """Resolver used for DNS seeds. Empty ``nameservers`` means the system resolver."""
+
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    timeout: float = 5.0
+
+    def validate(self, prefix: str) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"{prefix}.port", f"{self.port} is not a port (1-65535)")
+        _positive(f"{prefix}.timeout", self.timeout)
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    """Per-address dial backoff: ``base + step * tries**2`` seconds, capped (go-libp2p's rule)."""
+
+    base: float = 5.0
+    step: float = 1.0
+    cap: float = 300.0
+    jitter: float = 0.1  # +-10% so a fleet restarted together does not re-dial in lockstep
+    give_up_after: int = 10  # consecutive failures before an address is dropped for this run
+
+    def validate(self, prefix: str) -> None:
+        for name in ("base", "step", "cap"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{prefix}.{name}", "must not be negative")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError(f"{prefix}.jitter", "must be in [0, 1)")
+        if self.give_up_after < 1:
+            raise ConfigError(f"{prefix}.give_up_after", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    """Seed §3.1. Addresses are multiaddr strings; bootstrap and static ones need ``/p2p/<id>``."""
+
+    bootstrap_nodes: tuple[str, ...] = ()
+    dns_seeds: tuple[str, ...] = ()
+    enable_local_discovery: bool = False
+    static_peers: tuple[str, ...] = ()
+    min_peers_for_startup: int = 8
+    dns_lookup_interval: float = 300.0
+    dial_timeout: float = 5.0
+    max_parallel_dials: int = 16
+    request_max_peers: int = 50  # asked of a bootstrap responder
+    dns_default_port: int = 4001
+    check_interval: float = 5.0  # how often the cascade checks the peer count
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+
+    def validate(self, prefix: str) -> None:
+        for name in ("bootstrap_nodes", "static_peers"):
+            for i, text in enumerate(getattr(self, name)):
+                _full_multiaddr(f"{prefix}.{name}[{i}]", text)
+        for i, seed in enumerate(self.dns_seeds):
+            if not seed or " " in seed:
+                raise ConfigError(f"{prefix}.dns_seeds[{i}]", f"{seed!r} is not a DNS seed")
+        if self.min_peers_for_startup < 1:
+            raise ConfigError(f"{prefix}.min_peers_for_startup", "must be at least 1")
+        _positive(f"{prefix}.dial_timeout", self.dial_timeout)
+        _positive(f"{prefix}.check_interval", self.check_interval)
+        if self.dns_lookup_interval < 0:
+            raise ConfigError(f"{prefix}.dns_lookup_interval", "must not be negative")
+        if self.max_parallel_dials < 1:
+            raise ConfigError(f"{prefix}.max_parallel_dials", "must be at least 1")
+        self.dns.validate(f"{prefix}.dns")
+        self.backoff.validate(f"{prefix}.backoff")
+
+
+@dataclass(frozen=True)
+class PexConfig:
+    """Seed §3.2 ``PeerExchangeConfig``."""
+
+    enabled: bool = True
+    max_peers_per_exchange: int = 50  # BEP 11 sends at most 50 added peers per message
+    min_peer_age: float = 60.0
+    exchange_interval: float = 60.0  # BEP 11: at most one message per minute
+    request_timeout: float = 10.0
+    first_request_delay: float = 0.5  # after identify, before the first request to a new peer
+    ignored_limit: int = 3  # RATE_LIMITED answers ignored before the requester is dropped
+
+    def validate(self, prefix: str) -> None:
+        if not 1 <= self.max_peers_per_exchange <= 500:
+            raise ConfigError(f"{prefix}.max_peers_per_exchange", "must be 1..500")
+        for name in ("min_peer_age", "exchange_interval", "first_request_delay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{prefix}.{name}", "must not be negative")
+        _positive(f"{prefix}.request_timeout", self.request_timeout)
+
+
+@dataclass(frozen=True)
+class PeerDbSettings:
+    """Where and how the peer database is kept, and the outbound policy built on it."""
+
+    path: str = ""  # empty: <data_dir>/peers.sqlite; ":memory:" keeps nothing on disk
+    target_outbound: int = 8
+    feeler_interval: float = 120.0  # Bitcoin Core: a feeler about every 2 minutes
+    flush_interval: float = 5.0
+    debug_checks: bool = False
+
+    def validate(self, prefix: str) -> None:
+        if self.target_outbound < 0:
+            raise ConfigError(f"{prefix}.target_outbound", "must not be negative")
+        _positive(f"{prefix}.flush_interval", self.flush_interval)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How this node answers others."""
+
+    bootstrap_node: bool = False  # serve larger bootstrap answers
+    max_bootstrap_answer: int = 50
+    max_bootstrap_answer_as_bootstrap_node: int = 200
+    request_timeout: float = 10.0  # a silent caller is dropped after this
+
+    def validate(self, prefix: str) -> None:
+        if self.max_bootstrap_answer < 0:
+            raise ConfigError(f"{prefix}.max_bootstrap_answer", "must not be negative")
+        _positive(f"{prefix}.request_timeout", self.request_timeout)
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    network_id: str = DEFAULT_NETWORK_ID
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    data_dir: str = ""  # empty: $XDG_DATA_HOME/prozchain-discovery or ~/.local/share/...
+    status_interval: float = 0.0  # seconds between status log lines; 0 = off
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    pex: PexConfig = field(default_factory=PexConfig)
+    peerdb: PeerDbSettings = field(default_factory=PeerDbSettings)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def validate(self) -> DiscoveryConfig:
+        if not self.network_id or len(self.network_id.encode()) > 64:
+            raise ConfigError("network_id", "must be 1-64 bytes")
+        for i, text in enumerate(self.listen):
+            try:
+                parse_multiaddr(text)
+            except AddressError as exc:
+                raise ConfigError(f"listen[{i}]", str(exc)) from None
+        self.bootstrap.validate("bootstrap")
+        self.pex.validate("pex")
+        self.peerdb.validate("peerdb")
+        self.server.validate("server")
+        return self
+
+    def replace(self, **changes: Any) -> DiscoveryConfig:
+        return dataclasses.replace(self, **changes).validate()
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(name, f"must be positive, got {value}")
+
+
+def _full_multiaddr(name: str, text: str) -> None:
+    try:
+        ma = parse_multiaddr(text)
+    except AddressError as exc:
+        raise ConfigError(name, str(exc)) from None
+    if "/p2p/" not in str(ma):
+        raise ConfigError(name, f"{text!r} has no /p2p/<peer id>; add the peer id of that node")
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(name, f"expected a table, got {type(value).__name__}")
+        return _build(tp, value, name)  # type: ignore[arg-type]
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(name, f"expected a list, got {type(value).__name__}")
+        return tuple(_coerce(f"{name}[{i}]", item_tp, v) for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(name, "unsupported type")  # not used by our dataclasses
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(name, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(name, f"unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            raise ConfigError(name, f"unknown field (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(name, hints[key], value)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> DiscoveryConfig:
+    cfg: DiscoveryConfig = _build(DiscoveryConfig, data)
+    return cfg.validate()
+
+
+def load_config(path: str | Path) -> DiscoveryConfig:
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("<file>", f"{p} is not valid TOML: {exc}") from None
+    return config_from_dict(data)

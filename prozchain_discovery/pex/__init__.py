@@ -1,0 +1,1 @@
+"""Peer exchange: /prozchain/pex/1.0 (seed §3.2)."""

@@ -1,0 +1,135 @@
+"""Peer exchange policy (seed §3.2) — sans-IO: every decision takes ``now``.
+
+Responder side: answer at most ``min(max_peers, max_peers_per_exchange)`` records from the peer
+database's sharing rules; a requester asking again sooner than ``exchange_interval`` gets
+``RATE_LIMITED`` with ``retry_after_ms``; one that ignores that ``ignored_limit`` times is
+reported as abusive (the service disconnects it and lowers its standing).
+
+Requester side: :meth:`PeerExchange.should_request_peers_from` (the seed's rule plus the
+responder's ``retry_after_ms``), and :meth:`PeerExchange.read_response`, which verifies each
+record on its own and attributes it to the sender.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from libp2p.peer.id import ID
+
+from ..config import PexConfig
+from ..records import RecordRejection, VerifiedRecord, verify_many
+from ..wire.messages import PexRequest, PexResponse, PexStatus
+
+__all__ = ["PeerExchange", "Verdict", "PexOutcome"]
+
+OK = PexStatus.Value("OK")
+WRONG_NETWORK = PexStatus.Value("WRONG_NETWORK")
+RATE_LIMITED = PexStatus.Value("RATE_LIMITED")
+
+
+class Verdict(enum.Enum):
+    ANSWERED = "answered"
+    WRONG_NETWORK = "wrong_network"
+    RATE_LIMITED = "rate_limited"
+    ABUSIVE = "abusive"  # kept asking despite RATE_LIMITED
+
+
+@dataclass
+class PexOutcome:
+    status: int
+    records: list[VerifiedRecord]
+    rejected: dict[RecordRejection, int] = field(default_factory=dict)
+    retry_at: float | None = None
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass(slots=True)
+class _Served:
+    at: float
+    ignored: int = 0
+
+
+class PeerExchange:
+    def __init__(self, config: PexConfig, network_id: str, local_peer_id: ID | None = None) -> None:
+        self.config = config
+        self.network_id = network_id
+        self.local_peer_id = local_peer_id
+        self._served: dict[ID, _Served] = {}  # responder: when we last answered each requester
+        self._last_exchange: dict[ID, float] = {}  # requester: when we last asked each peer
+        self._retry_at: dict[ID, float] = {}  # requester: responder said "not before"
+
+    # ---- responder -------------------------------------------------------------------------
+    def handle_request(
+        self,
+        requester: ID,
+        request: PexRequest,
+        now: float,
+        share: Callable[[int], list[bytes]],
+    ) -> tuple[PexResponse, Verdict]:
+        if request.network_id != self.network_id:
+            return PexResponse(WRONG_NETWORK), Verdict.WRONG_NETWORK
+        served = self._served.get(requester)
+        if served is not None and now - served.at < self.config.exchange_interval:
+            served.ignored += 1
+            retry_ms = int((served.at + self.config.exchange_interval - now) * 1000) + 1
+            verdict = (
+                Verdict.ABUSIVE if served.ignored >= self.config.ignored_limit else Verdict.RATE_LIMITED
+            )
+            return PexResponse(RATE_LIMITED, retry_after_ms=retry_ms), verdict
+        self._served[requester] = _Served(now)
+        limit = self.config.max_peers_per_exchange
+        if request.max_peers:
+            limit = min(limit, request.max_peers)
+        return PexResponse(OK, share(limit)), Verdict.ANSWERED
+
+    # ---- requester -------------------------------------------------------------------------
+    def should_request_peers_from(self, peer_id: ID, now: float) -> bool:
+        retry_at = self._retry_at.get(peer_id)
+        if retry_at is not None and now < retry_at:
+            return False
+        last = self._last_exchange.get(peer_id)
+        return last is None or now - last >= self.config.exchange_interval
+
+    def next_request_at(self, peer_id: ID, now: float) -> float:
+        last = self._last_exchange.get(peer_id)
+        at = now if last is None else last + self.config.exchange_interval
+        return max(at, self._retry_at.get(peer_id, now))
+
+    def make_request(self, peer_id: ID, now: float) -> PexRequest:
+        self._last_exchange[peer_id] = now
+        return PexRequest(self.network_id, self.config.max_peers_per_exchange)
+
+    def read_response(self, from_peer: ID, response: PexResponse, now: float) -> PexOutcome:
+        if response.status == RATE_LIMITED:
+            retry_at = now + max(response.retry_after_ms, 1) / 1000.0
+            self._retry_at[from_peer] = retry_at
+            return PexOutcome(response.status, [], retry_at=retry_at)
+        if response.status != OK:
+            return PexOutcome(response.status, [])
+        blobs = response.signed_records
+        rejected: dict[RecordRejection, int] = {}
+        if len(blobs) > self.config.max_peers_per_exchange:
+            # More than we asked for: keep what we asked for, count the rest as abuse.
+            rejected[RecordRejection.TOO_LARGE] = len(blobs) - self.config.max_peers_per_exchange
+            blobs = blobs[: self.config.max_peers_per_exchange]
+        records, bad = verify_many(blobs, local_peer_id=self.local_peer_id)
+        for reason, n in bad.items():
+            rejected[reason] = rejected.get(reason, 0) + n
+        kept = []
+        for rec in records:
+            if rec.peer_id == from_peer:
+                continue  # the sender's own record arrives with identify, not as hearsay
+            kept.append(rec)
+        return PexOutcome(response.status, kept, rejected)
+
+    def forget_old(self, now: float) -> None:
+        """Drop rate-limit state older than the interval (keeps memory bounded)."""
+        horizon = self.config.exchange_interval
+        self._served = {p: s for p, s in self._served.items() if now - s.at < horizon}
+        self._retry_at = {p: t for p, t in self._retry_at.items() if t > now}
+        self._last_exchange = {p: t for p, t in self._last_exchange.items() if now - t < horizon}

@@ -1,0 +1,1 @@
+"""Wire formats: varint framing and the protobuf codecs for our stream protocols."""

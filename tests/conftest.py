@@ -1,0 +1,22 @@
+"""Shared fixtures: cheap identities and signed records."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+
+
+@functools.lru_cache(maxsize=None)
+def identity(i: int) -> tuple[KeyPair, ID]:
+    """Deterministic identity number ``i`` (key generation costs ~50 us; cached anyway)."""
+    pair = create_new_key_pair(i.to_bytes(32, "big"))
+    return pair, ID.from_pubkey(pair.public_key)
+
+
+@pytest.fixture
+def ident():
+    return identity

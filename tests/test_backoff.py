@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import random
+
+from prozchain_discovery.backoff import DialBackoff
+from prozchain_discovery.config import BackoffConfig
+
+
+def test_go_libp2p_schedule_without_jitter():
+    b = DialBackoff(BackoffConfig(jitter=0.0, give_up_after=100), random.Random(1))
+    delays = [b.record_failure("a", 0.0) for _ in range(30)]
+    assert delays[:4] == [6.0, 9.0, 14.0, 21.0]  # 5 + 1*n^2
+    assert max(delays) == 300.0  # capped at 5 min
+
+
+def test_allowed_and_success_resets():
+    b = DialBackoff(BackoffConfig(jitter=0.0), random.Random(1))
+    assert b.allowed("a", 0.0)
+    b.record_failure("a", 0.0)
+    assert not b.allowed("a", 5.9)
+    assert b.allowed("a", 6.0)
+    b.record_success("a", 7.0)
+    assert b.allowed("a", 7.0) and b.state("a").failures == 0
+
+
+def test_jitter_bounds():
+    b = DialBackoff(BackoffConfig(jitter=0.1, give_up_after=100), random.Random(7))
+    for n in range(1, 20):
+        d = b.record_failure("k", 0.0)
+        base = min(300.0, 5.0 + n * n)
+        assert base * 0.9 - 1e-9 <= d <= base * 1.1 + 1e-9
+
+
+def test_give_up_after_n():
+    b = DialBackoff(BackoffConfig(give_up_after=3), random.Random(1))
+    for _ in range(3):
+        b.record_failure("k", 0.0)
+    assert b.state("k").given_up
+    assert not b.allowed("k", 1e9)
+    snap = b.snapshot(0.0)
+    assert snap["k"]["given_up"] is True
+    b.reset_given_up()
+    assert b.allowed("k", 0.0)
