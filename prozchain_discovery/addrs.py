@@ -85,7 +85,7 @@ def _first_value(ma: Multiaddr, codes: Iterable[str]) -> tuple[str, str] | None:
     return None
 
 
-def peer_id_of(ma: Multiaddr) -> "ID | None":
+def peer_id_of(ma: Multiaddr) -> ID | None:
     """The peer id at the end of an address (``.../p2p/<id>``), or None."""
     from libp2p.peer.id import ID
 

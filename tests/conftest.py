@@ -10,7 +10,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def identity(i: int) -> tuple[KeyPair, ID]:
     """Deterministic identity number ``i`` (key generation costs ~50 us; cached anyway)."""
     pair = create_new_key_pair(i.to_bytes(32, "big"))

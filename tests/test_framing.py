@@ -26,7 +26,7 @@ def test_round_trip_in_one_piece():
 def test_byte_by_byte():
     data = encode_frame(b"x" * 300)
     dec = FrameDecoder()
-    for i, b in enumerate(data):
+    for b in data:
         assert dec.next_frame() is None
         dec.feed(bytes([b]))
     assert dec.next_frame() == b"x" * 300

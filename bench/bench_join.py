@@ -1,0 +1,154 @@
+"""Join time: a node joining a 50-node loopback network through one bootstrap node.
+
+Measures, in one run:
+  * our cascade: start -> ``min_peers_for_startup`` (8) connected, over several fresh joiners;
+  * one dial + Noise/Yamux handshake with our host factory (wall and CPU);
+  * one bootstrap round trip on an open connection;
+  * the floor: one dial + one bootstrap round trip + the CPU of 7 more handshakes on one core;
+  * py-libp2p's stock mechanism on a network of the same size (bootstrap + Kademlia random
+    walk, bench/dht_baseline.py), when available.
+
+Run: .venv/bin/python bench/bench_join.py [--nodes 50] [--joins 7] [--no-dht]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import multiaddr
+import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prozchain_discovery.demo import demo_config, start_network  # noqa: E402
+from prozchain_discovery.host import make_host  # noqa: E402
+from prozchain_discovery.service import DiscoveryService  # noqa: E402
+
+LOOP = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def measure_dials(n: int = 20) -> tuple[float, float]:
+    """Median wall and CPU ms of one dial + handshake between two fresh hosts."""
+    walls, cpus = [], []
+    async with AsyncExitStack() as stack:
+        target = make_host(listen_addrs=LOOP)
+        await stack.enter_async_context(target.run(LOOP))
+        info = info_from_p2p_addr(target.get_addrs()[0])
+        for _ in range(n):
+            async with AsyncExitStack() as inner:
+                h = make_host(listen_addrs=LOOP)
+                await inner.enter_async_context(h.run(LOOP))
+                w0, c0 = time.perf_counter(), time.process_time()
+                await h.connect(info)
+                walls.append((time.perf_counter() - w0) * 1000)
+                cpus.append((time.process_time() - c0) * 1000)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+async def measure_bootstrap_rtt(boot: DiscoveryService, stack: AsyncExitStack, n: int = 20) -> float:
+    """Median ms of one bootstrap request/response on an already open connection."""
+    node = await stack.enter_async_context(
+        DiscoveryService(await _host(stack), demo_config(None, 1, 50)).run()
+    )
+    await node.host.connect(info_from_p2p_addr(boot.host.get_addrs()[0]))
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await node.bootstrap_handshake(boot.local_id)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+async def _host(stack: AsyncExitStack):
+    h = make_host(listen_addrs=LOOP)
+    await stack.enter_async_context(h.run(LOOP))
+    return h
+
+
+async def measure_joins(nodes: int, joins: int, min_peers: int) -> dict[str, float]:
+    async with AsyncExitStack() as stack:
+        t0 = time.perf_counter()
+        net = await start_network(stack, nodes - 1, min_peers, 50)
+        with trio.fail_after(120):
+            while any(s.joined_at is None for s in net.nodes):
+                await trio.sleep(0.1)
+        setup = time.perf_counter() - t0
+        await trio.sleep(1.0)  # let identify and PEX settle
+        boot = net.services[0]
+        boot_addr = str(boot.host.get_addrs()[0])
+        times = []
+        for _ in range(joins):
+            async with AsyncExitStack() as inner:
+                h = make_host(listen_addrs=LOOP)
+                await inner.enter_async_context(h.run(LOOP))
+                cfg = demo_config(boot_addr, min_peers, 50)
+                t = time.perf_counter()
+                svc = await inner.enter_async_context(DiscoveryService(h, cfg).run())
+                with trio.fail_after(30):
+                    await svc.wait_for_peers(min_peers)
+                times.append((time.perf_counter() - t) * 1000)
+            await trio.sleep(0.3)
+        rtt = await measure_bootstrap_rtt(boot, stack)
+        return {
+            "setup_s": setup,
+            "join_median_ms": statistics.median(times),
+            "join_p90_ms": pct(times, 0.9),
+            "join_min_ms": min(times),
+            "bootstrap_rtt_ms": rtt,
+        }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    wall, cpu = await measure_dials()
+    ours = await measure_joins(args.nodes, args.joins, 8)
+    floor = wall + ours["bootstrap_rtt_ms"] + 7 * cpu
+    print(f"network: {args.nodes} nodes on loopback (built in {ours['setup_s']:.1f} s), "
+          f"joins measured: {args.joins}")
+    print()
+    print("| figure | value |")
+    print("|---|---|")
+    print(f"| one dial + handshake (our host), wall | {wall:.1f} ms |")
+    print(f"| one dial + handshake (our host), CPU | {cpu:.1f} ms |")
+    print(f"| one bootstrap round trip (open connection) | {ours['bootstrap_rtt_ms']:.1f} ms |")
+    print(f"| floor = dial + bootstrap RTT + 7 x handshake CPU | {floor:.1f} ms |")
+    print(f"| **cascade: start -> 8 peers, median** | **{ours['join_median_ms']:.1f} ms** |")
+    print(f"| cascade: p90 / best | {ours['join_p90_ms']:.1f} / {ours['join_min_ms']:.1f} ms |")
+    print(f"| ratio to floor (median) | {ours['join_median_ms'] / floor:.2f} |")
+    if not args.no_dht:
+        try:
+            from bench.dht_baseline import build_dht_network, measure_dht_join
+        except Exception as exc:  # pragma: no cover - optional
+            print(f"| stock DHT baseline | unavailable: {exc} |")
+            return
+        async with AsyncExitStack() as stack:
+            hosts = await build_dht_network(stack, args.nodes)
+            dht = []
+            for _ in range(args.joins):
+                dht.append(await measure_dht_join(hosts, 8, fast=True) * 1000)
+        med = statistics.median(dht)
+        print(f"| stock py-libp2p bootstrap + Kademlia random walk -> 8 peers, median | {med:.1f} ms |")
+        print(f"| stock DHT / our cascade (median) | {med / ours['join_median_ms']:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=50)
+    parser.add_argument("--joins", type=int, default=7)
+    parser.add_argument("--no-dht", action="store_true")
+    args = parser.parse_args()
+    trio.run(main_async, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""One request, one response, on a fresh libp2p stream — the trio side of our two protocols.
+
+Both ``/prozchain/bootstrap/1.0`` and ``/prozchain/pex/1.0`` are: the caller opens a stream,
+sends one length-prefixed protobuf, reads one back; the responder answers and closes. This
+module only moves bytes and time; what to answer is decided by the sans-IO policies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.peer.id import ID
+
+from .wire.framing import MAX_FRAME, FrameError, encode_frame, read_frame
+from .wire.messages import DecodeError
+
+__all__ = ["ExchangeError", "request", "serve", "observed_multiaddr"]
+
+log = logging.getLogger(__name__)
+
+
+class ExchangeError(Exception):
+    """A request failed; ``kind`` is one of timeout, stream, framing, decode."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+def observed_multiaddr(stream: INetStream) -> multiaddr.Multiaddr | None:
+    """The remote end of ``stream`` as this side sees it (TCP only), e.g. ``/ip4/1.2.3.4/tcp/5``."""
+    try:
+        remote = stream.get_remote_address()
+    except Exception:
+        return None
+    if not remote:
+        return None
+    ip, port = remote[0], remote[1]
+    proto = "ip6" if ":" in str(ip) else "ip4"
+    try:
+        return multiaddr.Multiaddr(f"/{proto}/{ip}/tcp/{port}")
+    except Exception:
+        return None
+
+
+async def request(
+    host: IHost,
+    peer_id: ID,
+    protocol: str,
+    payload: bytes,
+    timeout: float,
+) -> tuple[bytes, INetStream]:
+    """Send one frame, read one frame back. Raises :class:`ExchangeError`."""
+    stream: INetStream | None = None
+    with trio.move_on_after(timeout) as scope:
+        try:
+            stream = await host.new_stream(peer_id, [protocol])  # type: ignore[list-item]
+            await stream.write(encode_frame(payload))
+            data = await read_frame(stream, MAX_FRAME)
+        except FrameError as exc:
+            if stream is not None:
+                await _reset(stream)
+            raise ExchangeError("framing", str(exc)) from exc
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            if stream is not None:
+                await _reset(stream)
+            raise ExchangeError("stream", f"{type(exc).__name__}: {exc}"[:200]) from exc
+        await _close(stream)
+        return data, stream
+    if stream is not None:
+        await _reset(stream)
+    raise ExchangeError("timeout", f"no answer from {peer_id} within {timeout:g}s ({scope})")
+
+
+async def serve(
+    stream: INetStream,
+    timeout: float,
+    answer: Callable[[bytes, INetStream], Awaitable[bytes | None]],
+    on_error: Callable[[str, Any], None] | None = None,
+) -> None:
+    """Read one request (dropping a silent caller after ``timeout``), write ``answer``'s reply."""
+    try:
+        with trio.move_on_after(timeout) as scope:
+            data = await read_frame(stream, MAX_FRAME)
+        if scope.cancelled_caught:
+            if on_error:
+                on_error("timeout", None)
+            await _reset(stream)
+            return
+        reply = await answer(data, stream)
+        if reply is None:
+            await _reset(stream)
+            return
+        with trio.move_on_after(timeout):
+            await stream.write(encode_frame(reply))
+        await _close(stream)
+    except (FrameError, DecodeError) as exc:
+        if on_error:
+            on_error("framing" if isinstance(exc, FrameError) else "decode", exc)
+        log.debug("bad request on %s: %s", stream.get_protocol(), exc)
+        await _reset(stream)
+    except trio.Cancelled:
+        raise
+    except Exception as exc:
+        if on_error:
+            on_error("stream", exc)
+        log.debug("stream error serving %s: %s", stream.get_protocol(), exc)
+        await _reset(stream)
+
+
+async def _reset(stream: INetStream) -> None:
+    with trio.move_on_after(1), _quiet():
+        await stream.reset()
+
+
+async def _close(stream: INetStream) -> None:
+    with trio.move_on_after(1), _quiet():
+        await stream.close()
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return exc_type is not None and not issubclass(exc_type, trio.Cancelled)

@@ -1,0 +1,99 @@
+"""Building a py-libp2p host with safe defaults, and keeping the node's identity key.
+
+``make_host`` gives: Noise as the only security transport (no plaintext, no secio), Yamux,
+one connection per peer (dials in ~5 ms instead of 250), py-libp2p's AutoConnector disabled
+(our outbound policy decides whom to dial), and no ``0.0.0.0`` in advertised addresses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import multiaddr
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair as new_ed25519
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from . import libp2p_fixes
+
+__all__ = ["make_host", "load_or_create_key", "KeyFileError", "default_data_dir"]
+
+KEY_FILE_NAME = "identity.key"
+
+
+class KeyFileError(RuntimeError):
+    """The identity key file exists but cannot be used; the message says how to fix it."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "prozchain-discovery"
+
+
+def load_or_create_key(key_file: str | Path) -> tuple[KeyPair, bool]:
+    """The node's Ed25519 identity from ``key_file``; created (mode 0600) if absent.
+
+    Returns ``(key_pair, created)``. The file holds the libp2p protobuf encoding of the private
+    key, the same format go-libp2p and js-libp2p write.
+    """
+    path = Path(key_file)
+    directory = path.parent
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise KeyFileError(
+                f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+            )
+        try:
+            private = deserialize_private_key(path.read_bytes())
+        except Exception as exc:
+            raise KeyFileError(
+                f"{path} is not a libp2p private key ({exc}); move it away to create a new "
+                "identity (the node's peer id will change)"
+            ) from exc
+        return KeyPair(private, private.get_public_key()), False
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pair = new_ed25519()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pair.private_key.serialize())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return pair, True
+
+
+def make_host(
+    key_pair: KeyPair | None = None,
+    *,
+    listen_addrs: Sequence[str | multiaddr.Multiaddr] = ("/ip4/127.0.0.1/tcp/0",),
+    dial_timeout: float = 10.0,
+    extra_addrs: Callable[[], list[multiaddr.Multiaddr]] | None = None,
+) -> IHost:
+    """A py-libp2p 0.8.1 host with the defaults this project relies on (module docstring)."""
+    pair = key_pair or new_ed25519()
+    noise = NoiseTransport(libp2p_keypair=pair, noise_privkey=new_x25519().private_key)
+    host = new_host(
+        key_pair=pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},  # type: ignore[dict-item]
+        listen_addrs=[multiaddr.Multiaddr(str(a)) for a in listen_addrs],
+        connection_config=libp2p_fixes.safe_connection_config(dial_timeout),
+        addrs_factory=libp2p_fixes.expand_wildcard_addrs(extra=extra_addrs),
+        enable_mDNS=False,  # ours runs off the trio loop (bootstrap/mdns.py)
+        enable_upnp=False,
+    )
+    libp2p_fixes.disable_auto_connector(host)
+    libp2p_fixes.tolerate_handler_removal(host)
+    return host

@@ -1,0 +1,16 @@
+"""The peer database: an addrman-style new/tried table (``core``) and its sqlite store (``store``)."""
+
+from .core import PeerDatabase, PeerDbConfig, PeerDbInvariantError, PeerEntry, PeerSource
+from .store import AsyncPeerStore, PeerStore, PeerStoreCorrupt, open_or_reset
+
+__all__ = [
+    "PeerDatabase",
+    "PeerDbConfig",
+    "PeerDbInvariantError",
+    "PeerEntry",
+    "PeerSource",
+    "AsyncPeerStore",
+    "PeerStore",
+    "PeerStoreCorrupt",
+    "open_or_reset",
+]

@@ -1,0 +1,269 @@
+"""sqlite persistence for the peer database (stdlib ``sqlite3``, WAL, never on the trio loop).
+
+Durability: WAL with ``synchronous=FULL``: a transaction that returned is on disk, and a
+``kill -9`` at any moment leaves either the state before or after each transaction — never an
+unreadable file. The node's private key is **not** stored here (py-libp2p's persistent
+peerstore writes it in clear; we do not use that store).
+
+Times: the database core keeps the caller's clock (trio's monotonic clock); rows hold wall-clock
+seconds. :class:`AsyncPeerStore` converts with ``offset = time.time() - trio.current_time()``.
+
+A file that is not ours or is corrupt raises :class:`PeerStoreCorrupt`; :func:`open_or_reset`
+moves such a file aside (``<path>.corrupt-<unix time>``) and starts an empty book, returning a
+warning that names both paths.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .core import PeerDatabase, PeerEntry, PeerSource
+
+__all__ = ["PeerStore", "AsyncPeerStore", "PeerStoreCorrupt", "open_or_reset", "SCHEMA"]
+
+SCHEMA = "prozchain-peerdb/1"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (
+    pid BLOB PRIMARY KEY,
+    addrs BLOB NOT NULL,
+    envelope BLOB,
+    seq INTEGER NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    last_attempt REAL NOT NULL,
+    last_success REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    source_peer BLOB,
+    source_group TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    in_tried INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+Row = tuple[Any, ...]
+
+
+class PeerStoreCorrupt(RuntimeError):
+    """The file is not a peer database of ours, or is damaged. ``path`` names it."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+
+
+def _pack_addrs(addrs: Iterable[bytes]) -> bytes:
+    out = bytearray()
+    for a in addrs:
+        out += len(a).to_bytes(2, "big") + a
+    return bytes(out)
+
+
+def _unpack_addrs(blob: bytes) -> tuple[bytes, ...]:
+    out = []
+    i = 0
+    while i < len(blob):
+        n = int.from_bytes(blob[i : i + 2], "big")
+        out.append(bytes(blob[i + 2 : i + 2 + n]))
+        i += 2 + n
+    return tuple(out)
+
+
+def _wall(t: float, offset: float) -> float:
+    return t + offset if t else 0.0
+
+
+def entry_row(e: PeerEntry, offset: float) -> Row:
+    return (
+        e.pid, _pack_addrs(e.raw_addrs), e.envelope, e.seq,
+        _wall(e.first_seen, offset), _wall(e.last_seen, offset), _wall(e.last_attempt, offset),
+        _wall(e.last_success, offset), e.attempts, e.failures, e.source.value, e.source_peer,
+        e.source_group, e.group, int(e.in_tried),
+    )
+
+
+def row_entry(row: Row, offset: float) -> PeerEntry:
+    (pid, addrs, env, seq, fs, ls, la, lsu, att, fail, src, sp, sg, grp, tried) = row
+    e = PeerEntry(bytes(pid), _unpack_addrs(addrs), PeerSource(src), bytes(sp) if sp else None,
+                  str(sg), str(grp), _local(fs, offset))
+    e.envelope = bytes(env) if env else None
+    e.signed = e.envelope is not None
+    e.seq = int(seq)
+    e.last_seen = _local(ls, offset)
+    e.last_attempt = _local(la, offset)
+    e.last_success = _local(lsu, offset)
+    e.attempts = int(att)
+    e.failures = int(fail)
+    e.in_tried = bool(tried)
+    return e
+
+
+def _local(t: float, offset: float) -> float:
+    return float(t) - offset if t else 0.0
+
+
+class PeerStore:
+    """Synchronous store. Use from one thread at a time (AsyncPeerStore serialises calls)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise PeerStoreCorrupt(self.path, f"cannot open: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._validate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise PeerStoreCorrupt(self.path, f"not a readable sqlite database ({exc})") from exc
+
+    def _validate(self) -> None:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and not {"meta", "peers"} <= tables:
+            raise PeerStoreCorrupt(self.path, f"a sqlite file of something else (tables: {sorted(tables)})")
+        self._db.executescript(_DDL)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            if tables:
+                raise PeerStoreCorrupt(self.path, "peer tables without a schema marker")
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA,))
+        elif row[0] != SCHEMA:
+            raise PeerStoreCorrupt(self.path, f"schema {row[0]!r}, expected {SCHEMA!r}")
+        check = self._db.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            raise PeerStoreCorrupt(self.path, f"integrity check failed: {check}")
+
+    # ---- meta -----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def read_rows(self) -> tuple[bytes | None, list[bytes], list[Row]]:
+        key = self.get_meta("bucket_key")
+        anchors_blob = self.get_meta("anchors") or b""
+        rows = self._db.execute("SELECT * FROM peers").fetchall()
+        return key, list(_unpack_addrs(anchors_blob)), rows
+
+    def write(self, rows: list[Row], deleted: list[bytes], meta: dict[str, bytes]) -> None:
+        """One transaction: upserts, deletes and meta — all or nothing."""
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                cur.executemany("INSERT OR REPLACE INTO peers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            if deleted:
+                cur.executemany("DELETE FROM peers WHERE pid=?", [(d,) for d in deleted])
+            for k, v in meta.items():
+                cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM peers").fetchone()[0])
+
+    # ---- whole-database helpers (sync callers: tests, benches) ----------------------------
+    def load(self, db: PeerDatabase, offset: float = 0.0) -> int:
+        key, anchors, rows = self.read_rows()
+        return apply_loaded(db, key, anchors, rows, offset)
+
+    def save_changes(self, db: PeerDatabase, offset: float = 0.0) -> int:
+        rows, deleted, meta = collect_changes(db, offset)
+        self.write(rows, deleted, meta)
+        return len(rows) + len(deleted)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def collect_changes(db: PeerDatabase, offset: float) -> tuple[list[Row], list[bytes], dict[str, bytes]]:
+    """Snapshot what changed, as plain rows (cheap; done on the caller's thread)."""
+    changed, deleted = db.take_changes()
+    rows = [entry_row(e, offset) for e in changed]
+    meta: dict[str, bytes] = {}
+    if db.meta_dirty:
+        meta["bucket_key"] = db.key
+        meta["anchors"] = _pack_addrs(db.anchor_ids)
+        db.meta_dirty = False
+    return rows, deleted, meta
+
+
+def apply_loaded(db: PeerDatabase, key: bytes | None, anchors: list[bytes], rows: list[Row], offset: float) -> int:
+    """Rebuild ``db`` from stored rows. The stored bucketing key is reused so placements match."""
+    if key is not None and len(key) == 32:
+        db.key = key
+        db.meta_dirty = False
+    else:
+        db.meta_dirty = True
+    loaded = 0
+    for row in rows:
+        try:
+            e = row_entry(row, offset)
+        except (ValueError, TypeError):
+            continue
+        if db.restore(e):
+            loaded += 1
+    db.set_anchor_ids(anchors)
+    return loaded
+
+
+def open_or_reset(path: str | os.PathLike[str]) -> tuple[PeerStore, str | None]:
+    """Open the store; a corrupt or foreign file is moved aside and an empty book started."""
+    try:
+        return PeerStore(path), None
+    except PeerStoreCorrupt as exc:
+        aside = f"{path}.corrupt-{int(time.time())}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{path}{suffix}"):
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        warning = f"peer database {path} was unusable ({exc}); moved it to {aside} and started an empty book"
+        return PeerStore(path), warning
+
+
+class AsyncPeerStore:
+    """Trio adapter: every sqlite call runs in a worker thread, one at a time."""
+
+    def __init__(self, store: PeerStore) -> None:
+        self.store = store
+        self._lock = trio.Lock()
+        self._thread_lock = threading.Lock()
+
+    @staticmethod
+    def offset() -> float:
+        return time.time() - trio.current_time()
+
+    async def load(self, db: PeerDatabase) -> int:
+        async with self._lock:
+            key, anchors, rows = await trio.to_thread.run_sync(self._locked, self.store.read_rows)
+        return apply_loaded(db, key, anchors, rows, self.offset())
+
+    async def save_changes(self, db: PeerDatabase) -> int:
+        rows, deleted, meta = collect_changes(db, self.offset())
+        if not rows and not deleted and not meta:
+            return 0
+        async with self._lock:
+            await trio.to_thread.run_sync(self._locked, self.store.write, rows, deleted, meta)
+        return len(rows) + len(deleted)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await trio.to_thread.run_sync(self._locked, self.store.close)
+
+    def _locked(self, fn: Any, *args: Any) -> Any:
+        with self._thread_lock:
+            return fn(*args)

@@ -1,0 +1,214 @@
+"""The bootstrap cascade and /prozchain/bootstrap/1.0 with real py-libp2p hosts on loopback."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+from libp2p.peer.envelope import Envelope, make_unsigned, unmarshal_envelope
+from libp2p.peer.peer_record import PeerRecord
+from multiaddr import Multiaddr
+
+from prozchain_discovery.config import BackoffConfig
+from prozchain_discovery.peerdb import PeerSource
+from prozchain_discovery.records import sign_record
+from prozchain_discovery.wire.framing import encode_frame, encode_uvarint, read_frame
+from prozchain_discovery.wire.messages import (
+    BOOTSTRAP_PROTOCOL,
+    BootstrapRequest,
+    BootstrapResponse,
+)
+from tests.conftest import identity
+from tests.netutil import Net, addr_of, black_hole, cfg, closed_port, wait_until
+
+pytestmark = pytest.mark.network
+
+
+async def _network(net: Net, n: int, answer: int = 50):
+    """A bootstrap node with ``n`` peers connected to it (so it has records to hand out)."""
+    boot = await net.node(cfg(min_peers=1, answer=answer))
+    boot_addr = addr_of(boot)
+    peers = [await net.node(cfg(bootstrap=(boot_addr,), min_peers=1)) for _ in range(n)]
+    await wait_until(lambda: boot.connected_count() >= n)
+    # identify has to have delivered each peer's signed record to the bootstrap node
+    await wait_until(lambda: all(boot.host.get_peerstore().get_peer_record(p.local_id) for p in peers))
+    return boot, peers
+
+
+async def test_bootstrap_gives_peers_and_stops_at_minimum():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        boot, peers = await _network(net, 8)
+        node = await net.node(cfg(bootstrap=(addr_of(boot),), min_peers=4))
+        took = await wait_until(lambda: node.joined_at is not None)
+        assert took < 3.0
+        await trio.sleep(0.5)
+        # The cascade stopped at the minimum (no outbound policy in this test).
+        assert 4 <= node.connected_count() <= 4 + 2, node.status()  # deficit + hedge
+        sources = {cp.source for cp in node.connected.values()}
+        assert sources == {PeerSource.BOOTSTRAP}
+        assert node.metrics.get("records_accepted") >= 3
+        # The node learned the address the bootstrap node sees it at.
+        assert any(k.startswith("/ip4/127.0.0.1/tcp/") for k in node.observed_addrs)
+        assert node.phase == "done"
+
+
+async def test_black_holed_bootstrap_does_not_delay_start():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        boot, _ = await _network(net, 4)
+        hole, hole_addr = black_hole()
+        stack.callback(hole.close)
+        ghost = identity(900)[1]
+        node = await net.node(
+            cfg(bootstrap=(f"{hole_addr}/p2p/{ghost}", addr_of(boot)), min_peers=3, dial_timeout=5.0)
+        )
+        took = await wait_until(lambda: node.joined_at is not None, timeout=4.0)
+        assert took < 2.0, f"start-up waited {took:.2f} s for a black-holed bootstrap node"
+
+
+async def test_cascade_order_dns_not_used_when_bootstrap_suffices():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        boot, _ = await _network(net, 4)
+        node = await net.node(
+            cfg(bootstrap=(addr_of(boot),), dns_seeds=("/dnsaddr/never.test",), min_peers=3)
+        )
+        await wait_until(lambda: node.joined_at is not None)
+        assert node.dns_gate.last_lookup is None  # DNS seeds are the next step, never reached
+
+
+async def test_backoff_and_give_up_are_visible():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        ghost = identity(901)[1]
+        dead = f"{closed_port()}/p2p/{ghost}"
+        node = await net.node(
+            cfg(bootstrap=(dead,), min_peers=2, check_interval=0.1,
+                backoff=BackoffConfig(base=0.05, step=0.01, cap=0.1, jitter=0.0, give_up_after=3))
+        )
+        await wait_until(lambda: (st := node.backoff.state(str(ghost))) is not None and st.given_up, timeout=10)
+        snap = node.status()["backoff"][str(ghost)]
+        assert snap["given_up"] and snap["failures"] == 3 and snap["last_error"]
+        attempts = node.backoff.state(str(ghost)).attempts
+        await trio.sleep(0.5)
+        assert node.backoff.state(str(ghost)).attempts == attempts  # given up: no more dials
+
+
+async def test_static_peer_redialed_after_disconnect():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        static = await net.node(cfg(min_peers=1))
+        node = await net.node(cfg(static=(addr_of(static),), min_peers=1))
+        await wait_until(lambda: static.local_id in node.connected)
+        assert node.connected[static.local_id].source is PeerSource.STATIC
+        await static.host.disconnect(node.local_id)
+        await wait_until(lambda: static.local_id not in node.connected, timeout=3)
+        took = await wait_until(lambda: static.local_id in node.connected, timeout=5)
+        assert took < 2.0
+
+
+async def test_wrong_network_disconnects_and_never_retries():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        other = await net.node(cfg(min_peers=1, network_id="someone-else"))
+        node = await net.node(cfg(bootstrap=(addr_of(other),), min_peers=1))
+        await wait_until(lambda: other.local_id in node.wrong_network)
+        await wait_until(lambda: other.local_id not in node.host.get_connected_peers(), timeout=3)
+        assert node.metrics.get("wrong_network") == 1
+        assert not await node.dial(other.local_id, [Multiaddr(addr_of(other))], PeerSource.BOOTSTRAP)
+        assert other.metrics.get("bootstrap_requests_served", status="1") >= 1
+
+
+async def _raw_stream(net: Net, target):
+    h = await net.host()
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    await h.connect(info_from_p2p_addr(Multiaddr(addr_of(target))))
+    return await h.new_stream(target.local_id, [BOOTSTRAP_PROTOCOL])
+
+
+async def test_malformed_and_oversized_frames_are_reset():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        node = await net.node(cfg(min_peers=1))
+        s = await _raw_stream(net, node)
+        await s.write(encode_frame(b"\xff\xff\xff not protobuf"))
+        with pytest.raises(Exception), trio.fail_after(3):
+            await read_frame(s)
+        s = await _raw_stream(net, node)
+        await s.write(encode_uvarint(10 * 1024 * 1024))  # announces 10 MiB, sends nothing more
+        with pytest.raises(Exception), trio.fail_after(3):
+            await read_frame(s)
+        await wait_until(lambda: node.metrics.get("bad_requests") >= 2, timeout=3)
+        assert node.metrics.get("bad_requests", kind="decode") == 1
+        assert node.metrics.get("bad_requests", kind="framing") == 1
+
+
+async def test_silent_caller_is_dropped():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        node = await net.node(cfg(min_peers=1))  # request_timeout 2 s in tests
+        s = await _raw_stream(net, node)
+        with trio.fail_after(4):
+            with pytest.raises(Exception):
+                await read_frame(s)
+        assert node.metrics.get("bad_requests", kind="timeout") == 1
+
+
+def _forged_records(victim_key, victim, other_key):
+    good_k, good = identity(950)
+    addr = Multiaddr("/ip4/127.0.0.1/tcp/1")
+    payload = PeerRecord(victim, [addr], 5).marshal_record()
+    # wrong signer: a record about `victim` signed by someone else
+    sig = other_key.private_key.sign(make_unsigned("libp2p-peer-record", b"\x03\x01", payload))
+    wrong_signer = Envelope(other_key.public_key, b"\x03\x01", payload, sig).marshal_envelope()
+    # tampered: victim's real envelope with the payload swapped
+    real = unmarshal_envelope(sign_record(victim, [addr], victim_key.private_key, seq=6))
+    tampered = Envelope(real.public_key, real.payload_type,
+                        PeerRecord(victim, [Multiaddr("/ip4/127.0.0.2/tcp/2")], 7).marshal_record(),
+                        real.signature).marshal_envelope()
+    # wrong domain
+    sig = victim_key.private_key.sign(make_unsigned("not-the-domain", b"\x03\x01", payload))
+    wrong_domain = Envelope(victim_key.public_key, b"\x03\x01", payload, sig).marshal_envelope()
+    good_rec = sign_record(good, [addr], good_k.private_key)
+    return [wrong_signer, tampered, wrong_domain, good_rec], good
+
+
+async def test_forged_records_dropped_and_counted_rest_kept():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        victim_key, victim = identity(951)
+        other_key, _ = identity(952)
+        blobs, good = _forged_records(victim_key, victim, other_key)
+        liar = await net.host()
+
+        async def handler(stream):
+            await read_frame(stream)
+            resp = BootstrapResponse(0, "prozchain-test", b"", blobs)
+            await stream.write(encode_frame(resp.encode()))
+            await stream.close()
+
+        liar.set_stream_handler(BOOTSTRAP_PROTOCOL, handler)
+        node = await net.node(cfg(bootstrap=(addr_of(liar),), min_peers=5))
+        await wait_until(lambda: node.metrics.get("records_rejected") >= 3)
+        assert node.metrics.get("records_rejected", reason="signer_mismatch", via="bootstrap") == 1
+        assert node.metrics.get("records_rejected", reason="bad_signature", via="bootstrap") == 2
+        assert good in node.db
+        assert victim not in node.db
+        assert node.host.get_peerstore().get_peer_record(good) is not None
+
+
+async def test_bootstrap_request_round_trip_by_hand():
+    """The wire format as a foreign implementation would speak it."""
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        boot, peers = await _network(net, 3)
+        s = await _raw_stream(net, boot)
+        await s.write(encode_frame(BootstrapRequest("prozchain-test", 2).encode()))
+        with trio.fail_after(3):
+            resp = BootstrapResponse.decode(await read_frame(s))
+        assert resp.status == 0 and resp.network_id == "prozchain-test"
+        assert len(resp.signed_records) == 2
+        assert Multiaddr(resp.observed_addr).value_for_protocol("ip4") == "127.0.0.1"
