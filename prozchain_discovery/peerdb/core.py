@@ -172,6 +172,10 @@ class PeerDatabase:
         self._tried: list[bytes | None] = [None] * (c.tried_buckets * c.bucket_size)
         self._new_ids: list[bytes] = []
         self._tried_ids: list[bytes] = []
+        # Occupancy per bucket and the list of non-empty buckets (for bucket-first selection).
+        self._fill = {False: [0] * c.new_buckets, True: [0] * c.tried_buckets}
+        self._busy: dict[bool, list[int]] = {False: [], True: []}
+        self._busy_pos: dict[bool, dict[int, int]] = {False: {}, True: {}}
         self._entries: dict[bytes, PeerEntry] = {}
         self._collisions: dict[bytes, tuple[bytes, float]] = {}  # new pid -> (tried pid, since)
         self._anchors: list[bytes] = []
@@ -204,8 +208,27 @@ class PeerDatabase:
     def _list(self, tried: bool) -> list[bytes]:
         return self._tried_ids if tried else self._new_ids
 
+    def _bucket_add(self, tried: bool, bucket: int) -> None:
+        fill = self._fill[tried]
+        fill[bucket] += 1
+        if fill[bucket] == 1:
+            self._busy_pos[tried][bucket] = len(self._busy[tried])
+            self._busy[tried].append(bucket)
+
+    def _bucket_remove(self, tried: bool, bucket: int) -> None:
+        fill = self._fill[tried]
+        fill[bucket] -= 1
+        if fill[bucket] == 0:
+            busy, pos = self._busy[tried], self._busy_pos[tried]
+            i = pos.pop(bucket)
+            last = busy.pop()
+            if last != bucket:
+                busy[i] = last
+                pos[last] = i
+
     def _place(self, e: PeerEntry, tried: bool, slot: int) -> None:
         (self._tried if tried else self._new)[slot] = e.pid
+        self._bucket_add(tried, slot // self.config.bucket_size)
         e.in_tried = tried
         e.slot = slot
         ids = self._list(tried)
@@ -216,6 +239,7 @@ class PeerDatabase:
         table = self._tried if e.in_tried else self._new
         if table[e.slot] == e.pid:
             table[e.slot] = None
+            self._bucket_remove(e.in_tried, e.slot // self.config.bucket_size)
         ids = self._list(e.in_tried)
         last = ids.pop()
         if last != e.pid:
@@ -539,18 +563,30 @@ class PeerDatabase:
         backoff: Callable[[ID], bool] | None = None,
         new_only: bool = False,
     ) -> PeerEntry | None:
-        """addrman's Select: 50/50 tried/new, random, weighted by chance; at most one outbound
-        peer per network group (``outbound_groups`` are the groups already used)."""
+        """addrman's Select: 50/50 tried/new, then a random non-empty *bucket*, then the first
+        occupied slot from a random position in it, accepted by chance. Choosing the bucket first
+        (as Bitcoin Core does since v25) gives every bucket the same weight however full it is,
+        so a source group confined to few buckets gets few picks however many entries it fed.
+        At most one outbound peer per network group (``outbound_groups``)."""
         excl = {p.to_bytes() for p in exclude}
-        tables = [self._new_ids] if new_only else [self._tried_ids, self._new_ids]
-        tables = [t for t in tables if t]
-        if not tables:
+        kinds = [False] if new_only else [True, False]
+        kinds = [k for k in kinds if self._busy[k]]
+        if not kinds:
             return None
+        size = self.config.bucket_size
         factor = 1.0
         for _ in range(400):
-            ids = tables[0] if len(tables) == 1 else self.rng.choice(tables)
-            pid = ids[self.rng.randrange(len(ids))]
-            if pid in excl:
+            tried = kinds[0] if len(kinds) == 1 else self.rng.random() < 0.5
+            busy = self._busy[tried]
+            bucket = busy[self.rng.randrange(len(busy))]
+            table = self._tried if tried else self._new
+            start = self.rng.randrange(size)
+            pid = None
+            for i in range(size):
+                pid = table[bucket * size + (start + i) % size]
+                if pid is not None:
+                    break
+            if pid is None or pid in excl:
                 continue
             e = self._entries[pid]
             if e.group in outbound_groups:
@@ -641,6 +677,12 @@ class PeerDatabase:
                 if pid == self.local:
                     fail("the local peer is in the database")
             occupied = sum(1 for s in table if s is not None)
+            size = self.config.bucket_size
+            for b, n in enumerate(self._fill[tried]):
+                if n != sum(1 for s in table[b * size : (b + 1) * size] if s is not None):
+                    fail(f"bucket {b} fill count {n} is wrong")
+                if (n > 0) != (b in self._busy_pos[tried]):
+                    fail(f"bucket {b} non-empty list is wrong")
             if occupied != len(ids):
                 fail(f"{occupied} occupied slots but {len(ids)} entries in {'tried' if tried else 'new'}")
         for new_pid in self._collisions:

@@ -1,0 +1,175 @@
+"""sqlite persistence: round trip, kill -9, corrupt and foreign files."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from multiaddr import Multiaddr
+
+from prozchain_discovery.peerdb import (
+    AsyncPeerStore,
+    PeerDatabase,
+    PeerSource,
+    PeerStore,
+    PeerStoreCorrupt,
+    open_or_reset,
+)
+from prozchain_discovery.records import sign_record, verify_record
+from tests.conftest import identity
+
+
+def _filled(n: int = 50) -> PeerDatabase:
+    db = PeerDatabase(rng=random.Random(1))
+    for i in range(n):
+        key, pid = identity(i)
+        if i % 2:
+            rec = verify_record(sign_record(pid, [Multiaddr(f"/ip4/{i + 1}.2.3.4/tcp/4001")], key.private_key, seq=i))
+            db.add_record(rec, PeerSource.PEX, 10.0, source_peer=identity(999)[1],
+                          source_addr=Multiaddr("/ip4/8.8.8.8/tcp/1"))
+        else:
+            db.add_addrs(pid, [Multiaddr(f"/ip4/{i + 1}.2.3.4/tcp/4001")], PeerSource.DNS, 10.0)
+    for i in range(0, n, 5):
+        db.mark_success(identity(i)[1], 20.0)
+    db.set_anchors([identity(0)[1], identity(5)[1]])
+    return db
+
+
+def _snapshot(db: PeerDatabase):
+    return sorted(
+        (e.pid, e.raw_addrs, e.envelope, e.seq, e.in_tried, e.source, e.source_group, e.group,
+         e.failures, round(e.first_seen, 3))
+        for e in db.entries()
+    )
+
+
+def test_round_trip(tmp_path):
+    db = _filled()
+    n = len(db)
+    assert n >= 45  # a few adds lose their slot to earlier ones: that is the design
+    store = PeerStore(tmp_path / "peers.sqlite")
+    assert store.save_changes(db) == n
+    store.close()
+    again = PeerDatabase(rng=random.Random(2))
+    store = PeerStore(tmp_path / "peers.sqlite")
+    assert store.load(again) == n
+    again.check()
+    assert again.key == db.key  # placements are stable across restarts
+    assert _snapshot(again) == _snapshot(db)
+    assert [e.peer_id for e in again.anchors()] == [identity(0)[1], identity(5)[1]]
+    # Incremental: only what changed is written; deletions are written too.
+    again.mark_failure(identity(1)[1], 30.0)
+    again.remove(identity(3)[1])
+    assert store.save_changes(again) == 2
+    assert store.count() == n - 1
+
+
+def test_private_key_is_never_stored(tmp_path):
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    db = PeerDatabase(rng=random.Random(1))
+    keys = [create_new_key_pair() for _ in range(4)]  # random keys: nothing a file has by chance
+    for i, key in enumerate(keys):
+        from libp2p.peer.id import ID
+
+        pid = ID.from_pubkey(key.public_key)
+        rec = verify_record(sign_record(pid, [Multiaddr(f"/ip4/{i + 1}.2.3.4/tcp/1")], key.private_key))
+        db.add_record(rec, PeerSource.PEX, 1.0)
+    store = PeerStore(tmp_path / "p.sqlite")
+    store.save_changes(db)
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    for key in keys:
+        assert key.private_key.to_bytes() not in raw
+
+
+@pytest.mark.parametrize("content", [b"this is not a database at all" * 100, b""])
+def test_corrupt_file_moved_aside(tmp_path, content):
+    path = tmp_path / "peers.sqlite"
+    path.write_bytes(content)
+    if content:
+        with pytest.raises(PeerStoreCorrupt, match="peers.sqlite"):
+            PeerStore(path)
+    store, warning = open_or_reset(path)
+    if content:
+        assert warning and "moved it to" in warning
+        assert any(p.name.startswith("peers.sqlite.corrupt-") for p in tmp_path.iterdir())
+    assert store.count() == 0
+    store.close()
+
+
+def test_foreign_sqlite_file(tmp_path):
+    path = tmp_path / "peers.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE invoices (id INTEGER)")
+    con.commit()
+    con.close()
+    with pytest.raises(PeerStoreCorrupt, match="something else"):
+        PeerStore(path)
+    store, warning = open_or_reset(path)
+    assert warning is not None and store.count() == 0
+
+
+WRITER = textwrap.dedent("""
+    import random, sys
+    sys.path.insert(0, {root!r})
+    from multiaddr import Multiaddr
+    from prozchain_discovery.peerdb import PeerDatabase, PeerSource, PeerStore
+    from libp2p.peer.id import ID
+    store = PeerStore(sys.argv[1])
+    db = PeerDatabase(rng=random.Random(1))
+    i = 0
+    while True:
+        for _ in range(20):
+            i += 1
+            pid = ID(b"\\x00\\x04" + i.to_bytes(4, "big"))
+            db.add_addrs(pid, [Multiaddr(f"/ip4/{{(i % 200) + 1}}.{{(i // 200) % 250}}.1.1/tcp/1")], PeerSource.PEX, float(i))
+        store.save_changes(db)
+        print(i, len(db), flush=True)
+""")
+
+
+def test_kill_9_loses_no_committed_entry(tmp_path):
+    path = tmp_path / "peers.sqlite"
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=root), str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    committed = 0
+    deadline = time.monotonic() + 20
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        committed = int(line.split()[1])  # entries in the book when that transaction returned
+        if committed >= 400:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert committed >= 400, "writer did not get going"
+    store = PeerStore(path)  # opens: never an unreadable file
+    db = PeerDatabase(rng=random.Random(3))
+    loaded = store.load(db)
+    db.check()
+    assert loaded >= committed
+
+
+async def test_async_store_off_the_loop(tmp_path):
+    db = _filled(20)
+    n = len(db)
+    store = AsyncPeerStore(PeerStore(tmp_path / "a.sqlite"))
+    assert await store.save_changes(db) == n
+    assert await store.save_changes(db) == 0  # nothing changed
+    await store.close()
+    again = PeerDatabase()
+    store = AsyncPeerStore(PeerStore(tmp_path / "a.sqlite"))
+    assert await store.load(again) == n
+    await store.close()
