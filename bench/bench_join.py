@@ -33,6 +33,17 @@ from prozchain_discovery.service import DiscoveryService  # noqa: E402
 LOOP = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
 
 
+def _realistic(cfg):
+    """PEX at the defaults (60 s interval, first request 0.5 s after connecting), not the demo's."""
+    from dataclasses import replace
+
+    from prozchain_discovery.config import PexConfig
+
+    d = PexConfig()
+    return replace(cfg, pex=replace(cfg.pex, exchange_interval=d.exchange_interval,
+                                    first_request_delay=d.first_request_delay))
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -79,7 +90,7 @@ async def _host(stack: AsyncExitStack):
 async def measure_joins(nodes: int, joins: int, min_peers: int) -> dict[str, float]:
     async with AsyncExitStack() as stack:
         t0 = time.perf_counter()
-        net = await start_network(stack, nodes - 1, min_peers, 50)
+        net = await start_network(stack, nodes - 1, min_peers, 50, config_hook=_realistic)
         with trio.fail_after(120):
             while any(s.joined_at is None for s in net.nodes):
                 await trio.sleep(0.1)
@@ -92,7 +103,7 @@ async def measure_joins(nodes: int, joins: int, min_peers: int) -> dict[str, flo
             async with AsyncExitStack() as inner:
                 h = make_host(listen_addrs=LOOP)
                 await inner.enter_async_context(h.run(LOOP))
-                cfg = demo_config(boot_addr, min_peers, 50)
+                cfg = _realistic(demo_config(boot_addr, min_peers, 50))
                 t = time.perf_counter()
                 svc = await inner.enter_async_context(DiscoveryService(h, cfg).run())
                 with trio.fail_after(30):

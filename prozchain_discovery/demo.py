@@ -45,7 +45,8 @@ def demo_config(
             dial_timeout=5.0,
             check_interval=1.0,
         ),
-        pex=PexConfig(min_peer_age=0.0, exchange_interval=2.0, first_request_delay=0.05),
+        # Short intervals so the demo shows PEX at work within seconds; the defaults are 60 s.
+        pex=PexConfig(min_peer_age=0.0, exchange_interval=10.0, first_request_delay=0.05),
         peerdb=PeerDbSettings(path=":memory:", target_outbound=min_peers, feeler_interval=30.0),
         server=ServerConfig(
             bootstrap_node=is_bootstrap,

@@ -37,6 +37,7 @@ __all__ = [
     "verify_record",
     "sign_record",
     "verify_many",
+    "VerifiedRecordCache",
 ]
 
 PEER_RECORD_DOMAIN = "libp2p-peer-record"
@@ -136,11 +137,46 @@ def sign_record(
     return seal_record(record, key).marshal_envelope()
 
 
+class VerifiedRecordCache:
+    """Remembers the last ``size`` envelopes that verified, by their exact bytes.
+
+    The same record reaches a node from many peers (every PEX answer repeats popular ones);
+    a signature check costs ~100 us, a dict lookup ~100 ns. Identical bytes verify
+    identically, so a hit is as good as a check. Only successes are cached: a forged record
+    is re-checked (and re-counted) every time it is sent.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self._items: OrderedDict[bytes, VerifiedRecord] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def verify(self, data: bytes, *, max_addrs: int = MAX_ADDRS_PER_RECORD,
+               local_peer_id: ID | None = None) -> VerifiedRecord:
+        rec = self._items.get(data)
+        if rec is not None and len(rec.addrs) <= max_addrs:
+            self.hits += 1
+            self._items.move_to_end(data)
+            if local_peer_id is not None and rec.peer_id == local_peer_id:
+                raise RecordError(RecordRejection.SELF)
+            return rec
+        self.misses += 1
+        rec = verify_record(data, max_addrs=max_addrs, local_peer_id=local_peer_id)
+        self._items[bytes(data)] = rec
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return rec
+
+
 def verify_many(
     blobs: list[bytes],
     *,
     local_peer_id: ID | None = None,
     max_addrs: int = MAX_ADDRS_PER_RECORD,
+    cache: VerifiedRecordCache | None = None,
 ) -> tuple[list[VerifiedRecord], dict[RecordRejection, int]]:
     """Verify each record on its own: bad ones are dropped and counted, the rest kept.
 
@@ -148,9 +184,10 @@ def verify_many(
     """
     good: dict[ID, VerifiedRecord] = {}
     rejected: dict[RecordRejection, int] = {}
+    check = cache.verify if cache is not None else verify_record
     for blob in blobs:
         try:
-            rec = verify_record(blob, max_addrs=max_addrs, local_peer_id=local_peer_id)
+            rec = check(blob, max_addrs=max_addrs, local_peer_id=local_peer_id)
         except RecordError as exc:
             rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
             continue

@@ -44,7 +44,7 @@ from .config import DiscoveryConfig
 from .metrics import Metrics
 from .peerdb import AsyncPeerStore, PeerDatabase, PeerDbConfig, PeerSource, open_or_reset
 from .pex.policy import PeerExchange, Verdict
-from .records import VerifiedRecord, sign_record
+from .records import VerifiedRecord, VerifiedRecordCache, sign_record
 from .wire.messages import (
     BOOTSTRAP_PROTOCOL,
     PEX_PROTOCOL,
@@ -65,7 +65,7 @@ RECORD_TTL = 3600
 # cover a cascade's dial).
 UNSIGNED_TTL = 600
 # Extra dials in flight beyond the deficit (see _dial_many).
-DIAL_HEDGE = 2
+DIAL_HEDGE = 1
 
 
 @dataclass
@@ -144,7 +144,8 @@ class DiscoveryService:
             else self.config.server.max_bootstrap_answer
         )
         self.responder = BootstrapResponder(self.config.network_id, max_answer)
-        self.pex = PeerExchange(self.config.pex, self.config.network_id, self.local_id)
+        self.record_cache = VerifiedRecordCache()
+        self.pex = PeerExchange(self.config.pex, self.config.network_id, self.local_id, self.record_cache)
         self.connected: dict[ID, ConnectedPeer] = {}
         self.observed_addrs: dict[str, set[ID]] = {}  # what peers told us our address is
         self.wrong_network: set[ID] = set()
@@ -156,7 +157,10 @@ class DiscoveryService:
         self._nursery: trio.Nursery | None = None
         self._notifee = _Notifee(self)
         self._peers_changed = trio.Event()
-        self._below_min = trio.Event()
+        # Wake-ups: each loop waits on its own event, replaced before every wait, so a signal
+        # wakes it once (a shared, never-cleared event would make a waiting loop spin).
+        self._wake_cascade = trio.Event()
+        self._wake_outbound = trio.Event()
         self._addrs_changed = trio.Event()
         self._record_seq = 0
         self._our_record: bytes | None = None
@@ -256,7 +260,12 @@ class DiscoveryService:
             del self.connected[peer_id]
             self._signal_peers_changed()
             if len(self.connected) < self.min_peers:
-                self._below_min.set()
+                self._kick()
+
+    def _kick(self) -> None:
+        """Below the minimum (a peer left, or new addresses arrived): wake the dialers."""
+        self._wake_cascade.set()
+        self._wake_outbound.set()
 
     def _signal_peers_changed(self) -> None:
         self._peers_changed.set()
@@ -407,9 +416,9 @@ class DiscoveryService:
         while True:
             if len(self.connected) < self.min_peers:
                 await self.run_cascade()
-            self._below_min = trio.Event()
+            self._wake_cascade = trio.Event()
             with trio.move_on_after(check):
-                await self._below_min.wait()
+                await self._wake_cascade.wait()
 
     async def run_cascade(self) -> None:
         """One pass of the cascade, stopping as soon as ``min_peers_for_startup`` is reached."""
@@ -497,7 +506,9 @@ class DiscoveryService:
             self.metrics.inc("bootstrap_requests_failed")
             log.info("bootstrap handshake with %s failed: %s", peer_id, exc)
             return []
-        answer = read_bootstrap_answer(resp, local_peer_id=self.local_id, responder=peer_id)
+        answer = read_bootstrap_answer(
+            resp, local_peer_id=self.local_id, responder=peer_id, cache=self.record_cache
+        )
         self.metrics.inc("bootstrap_requests_sent")
         if answer.wrong_network:
             self.metrics.inc("wrong_network")
@@ -627,8 +638,9 @@ class DiscoveryService:
         feeler_every = self.config.peerdb.feeler_interval
         next_feeler = self.now() + feeler_every
         while True:
+            self._wake_outbound = trio.Event()
             with trio.move_on_after(1.0):
-                await self._below_min.wait()
+                await self._wake_outbound.wait()
             now = self.now()
             if target and self.outbound_count() < target:
                 groups = self._outbound_groups()
@@ -715,7 +727,7 @@ class DiscoveryService:
             self.db.penalize(peer_id, self.now(), 1)
         accepted = self._accept_records(outcome.records, PeerSource.PEX, peer_id)
         if len(self.connected) < self.min_peers and outcome.records:
-            self._below_min.set()
+            self._kick()
         return accepted
 
     async def _handle_pex(self, stream: INetStream) -> None:

@@ -13,7 +13,7 @@ import multiaddr
 from libp2p.peer.id import ID
 
 from ..addrs import AddressError, parse_multiaddr
-from ..records import RecordRejection, VerifiedRecord, verify_many
+from ..records import RecordRejection, VerifiedRecord, VerifiedRecordCache, verify_many
 from ..wire.messages import BootstrapRequest, BootstrapResponse, BootstrapStatus, fit_records
 
 __all__ = ["BootstrapResponder", "BootstrapAnswer", "read_bootstrap_answer"]
@@ -72,7 +72,11 @@ class BootstrapAnswer:
 
 
 def read_bootstrap_answer(
-    response: BootstrapResponse, *, local_peer_id: ID, responder: ID
+    response: BootstrapResponse,
+    *,
+    local_peer_id: ID,
+    responder: ID,
+    cache: VerifiedRecordCache | None = None,
 ) -> BootstrapAnswer:
     """Verify every record on its own; bad ones are dropped and counted, the rest kept."""
     observed: multiaddr.Multiaddr | None = None
@@ -81,7 +85,7 @@ def read_bootstrap_answer(
             observed = parse_multiaddr(response.observed_addr)
         except AddressError:
             observed = None
-    records, rejected = verify_many(response.signed_records, local_peer_id=local_peer_id)
+    records, rejected = verify_many(response.signed_records, local_peer_id=local_peer_id, cache=cache)
     kept = []
     for rec in records:
         if rec.peer_id == responder:

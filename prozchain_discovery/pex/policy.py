@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from libp2p.peer.id import ID
 
 from ..config import PexConfig
-from ..records import RecordRejection, VerifiedRecord, verify_many
+from ..records import RecordRejection, VerifiedRecord, VerifiedRecordCache, verify_many
 from ..wire.messages import PexRequest, PexResponse, PexStatus
 
 __all__ = ["PeerExchange", "Verdict", "PexOutcome"]
@@ -55,8 +55,15 @@ class _Served:
 
 
 class PeerExchange:
-    def __init__(self, config: PexConfig, network_id: str, local_peer_id: ID | None = None) -> None:
+    def __init__(
+        self,
+        config: PexConfig,
+        network_id: str,
+        local_peer_id: ID | None = None,
+        cache: VerifiedRecordCache | None = None,
+    ) -> None:
         self.config = config
+        self.cache = cache
         self.network_id = network_id
         self.local_peer_id = local_peer_id
         self._served: dict[ID, _Served] = {}  # responder: when we last answered each requester
@@ -74,9 +81,13 @@ class PeerExchange:
         if request.network_id != self.network_id:
             return PexResponse(WRONG_NETWORK), Verdict.WRONG_NETWORK
         served = self._served.get(requester)
-        if served is not None and now - served.at < self.config.exchange_interval:
+        # A requester times its interval from when it *sent*; we from when we *answered*:
+        # allow one round trip's worth of slack (5%, at most 2 s) so honest peers are not refused.
+        interval = self.config.exchange_interval
+        slack = min(2.0, 0.05 * interval)
+        if served is not None and now - served.at < interval - slack:
             served.ignored += 1
-            retry_ms = int((served.at + self.config.exchange_interval - now) * 1000) + 1
+            retry_ms = int((served.at + interval - now) * 1000) + 1
             verdict = (
                 Verdict.ABUSIVE if served.ignored >= self.config.ignored_limit else Verdict.RATE_LIMITED
             )
@@ -105,6 +116,9 @@ class PeerExchange:
         return PexRequest(self.network_id, self.config.max_peers_per_exchange)
 
     def read_response(self, from_peer: ID, response: PexResponse, now: float) -> PexOutcome:
+        # The interval runs from the answer, not from the request: the responder times it from
+        # when it answered, and a request can leave late under load.
+        self._last_exchange[from_peer] = now
         if response.status == RATE_LIMITED:
             retry_at = now + max(response.retry_after_ms, 1) / 1000.0
             self._retry_at[from_peer] = retry_at
@@ -117,7 +131,7 @@ class PeerExchange:
             # More than we asked for: keep what we asked for, count the rest as abuse.
             rejected[RecordRejection.TOO_LARGE] = len(blobs) - self.config.max_peers_per_exchange
             blobs = blobs[: self.config.max_peers_per_exchange]
-        records, bad = verify_many(blobs, local_peer_id=self.local_peer_id)
+        records, bad = verify_many(blobs, local_peer_id=self.local_peer_id, cache=self.cache)
         for reason, n in bad.items():
             rejected[reason] = rejected.get(reason, 0) + n
         kept = []
