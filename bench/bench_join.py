@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prozchain_discovery.demo import demo_config, start_network  # noqa: E402
 from prozchain_discovery.host import make_host  # noqa: E402
+from prozchain_discovery.libp2p_fixes import run_host  # noqa: E402
 from prozchain_discovery.service import DiscoveryService  # noqa: E402
 
 LOOP = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
@@ -54,12 +55,12 @@ async def measure_dials(n: int = 20) -> tuple[float, float]:
     walls, cpus = [], []
     async with AsyncExitStack() as stack:
         target = make_host(listen_addrs=LOOP)
-        await stack.enter_async_context(target.run(LOOP))
+        await stack.enter_async_context(run_host(target, LOOP))
         info = info_from_p2p_addr(target.get_addrs()[0])
         for _ in range(n):
             async with AsyncExitStack() as inner:
                 h = make_host(listen_addrs=LOOP)
-                await inner.enter_async_context(h.run(LOOP))
+                await inner.enter_async_context(run_host(h, LOOP))
                 w0, c0 = time.perf_counter(), time.process_time()
                 await h.connect(info)
                 walls.append((time.perf_counter() - w0) * 1000)
@@ -83,7 +84,7 @@ async def measure_bootstrap_rtt(boot: DiscoveryService, stack: AsyncExitStack, n
 
 async def _host(stack: AsyncExitStack):
     h = make_host(listen_addrs=LOOP)
-    await stack.enter_async_context(h.run(LOOP))
+    await stack.enter_async_context(run_host(h, LOOP))
     return h
 
 
@@ -102,7 +103,7 @@ async def measure_joins(nodes: int, joins: int, min_peers: int) -> dict[str, flo
         for _ in range(joins):
             async with AsyncExitStack() as inner:
                 h = make_host(listen_addrs=LOOP)
-                await inner.enter_async_context(h.run(LOOP))
+                await inner.enter_async_context(run_host(h, LOOP))
                 cfg = _realistic(demo_config(boot_addr, min_peers, 50))
                 t = time.perf_counter()
                 svc = await inner.enter_async_context(DiscoveryService(h, cfg).run())

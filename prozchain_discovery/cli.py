@@ -147,6 +147,7 @@ async def _run_node(cfg: DiscoveryConfig, key_file: Path, data_dir: Path) -> Non
     import trio
 
     from .host import load_or_create_key, make_host
+    from .libp2p_fixes import run_host
     from .service import DiscoveryService
 
     key, created = load_or_create_key(key_file)
@@ -155,7 +156,7 @@ async def _run_node(cfg: DiscoveryConfig, key_file: Path, data_dir: Path) -> Non
     import multiaddr
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with host.run([multiaddr.Multiaddr(a) for a in cfg.listen]):
+        async with run_host(host, [multiaddr.Multiaddr(a) for a in cfg.listen]):
             for addr in host.get_addrs():
                 print(addr, flush=True)
             async with DiscoveryService(host, cfg, data_dir=data_dir).run() as svc:

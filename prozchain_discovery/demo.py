@@ -22,6 +22,7 @@ import trio
 
 from .config import BootstrapConfig, DiscoveryConfig, PeerDbSettings, PexConfig, ServerConfig
 from .host import make_host
+from .libp2p_fixes import run_host
 from .service import DiscoveryService
 
 __all__ = ["run_demo", "start_network", "demo_config", "LocalNetwork"]
@@ -77,7 +78,7 @@ async def start_network(
     """Start a bootstrap node and ``n`` nodes inside ``stack``; returns once all are mounted."""
     listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
     boot_host = make_host(listen_addrs=listen)
-    await stack.enter_async_context(boot_host.run(listen))
+    await stack.enter_async_context(run_host(boot_host, listen))
     boot_cfg = demo_config(None, min_peers, bootstrap_answer, is_bootstrap=True)
     boot_cfg = replace(boot_cfg, peerdb=replace(boot_cfg.peerdb, target_outbound=0))
     boot = await stack.enter_async_context(DiscoveryService(boot_host, boot_cfg).run())
@@ -86,7 +87,7 @@ async def start_network(
     started = trio.current_time()
     for _ in range(n):
         host = make_host(listen_addrs=listen)
-        await stack.enter_async_context(host.run(listen))
+        await stack.enter_async_context(run_host(host, listen))
         cfg = demo_config(boot_addr, min_peers, bootstrap_answer)
         if config_hook is not None:
             cfg = config_hook(cfg)

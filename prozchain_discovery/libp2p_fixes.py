@@ -15,6 +15,9 @@ stock configuration and its absence with ours.
   ``protocol in handlers``, awaits a write, then indexes ``handlers[protocol]``; a handler
   removed in between raises ``KeyError`` inside the host's nursery and takes the host down.
   :func:`tolerate_handler_removal` makes a late lookup return a handler that resets the stream.
+* Zombie listener (found here): after ``async with host.run(...)`` exits, the TCP listener
+  still accepts connections (the host is "stopped" but dialable; every accepted connection
+  then fails with ``LifecycleError``). :func:`run_host` closes the listeners on exit.
 * Bug 16 — libp2p's logger has ``propagate=False`` and no handler: :func:`route_libp2p_logs`
   (called by the CLI, not at import) sends its warnings through the application's logging.
 """
@@ -23,10 +26,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import multiaddr
+import trio
 from libp2p.network.config import ConnectionConfig
 
 from .addrs import AddrScope, scope_of
@@ -38,6 +43,8 @@ __all__ = [
     "route_libp2p_logs",
     "local_interface_ips",
     "tolerate_handler_removal",
+    "run_host",
+    "close_listeners",
 ]
 
 
@@ -176,3 +183,25 @@ def route_libp2p_logs(level: int = logging.WARNING) -> None:
     for name, obj in list(logging.root.manager.loggerDict.items()):
         if name.startswith("libp2p.") and isinstance(obj, logging.Logger):
             obj.setLevel(level)
+
+
+async def close_listeners(host: Any) -> None:
+    """Close every transport listener of ``host`` (bounded, never raises)."""
+    listeners = getattr(host.get_network(), "listeners", {}) or {}
+    for listener in list(listeners.values()):
+        with trio.move_on_after(2):
+            try:
+                await listener.close()
+            except Exception:  # already closed, or closing raced the host's own teardown
+                pass
+
+
+@asynccontextmanager
+async def run_host(host: Any, listen_addrs: Sequence[multiaddr.Multiaddr]) -> AsyncIterator[Any]:
+    """``host.run(listen_addrs)`` that really stops listening when it exits (zombie listener)."""
+    async with host.run(listen_addrs):
+        try:
+            yield host
+        finally:
+            with trio.CancelScope(shield=True):
+                await close_listeners(host)

@@ -563,6 +563,7 @@ class DiscoveryService:
             log.info("dns seeds: next lookup allowed in %.0f s", self.dns_gate.next_allowed(now))
             return
         self.dns_gate.record_lookup(now)
+        self.metrics.inc("dns_lookups")
         self._save_state()
         results = await self.dns.resolve_all(list(seeds))
         targets: list[tuple[ID, list[multiaddr.Multiaddr], PeerSource]] = []

@@ -20,6 +20,7 @@ from prozchain_discovery.config import (
     ServerConfig,
 )
 from prozchain_discovery.host import make_host
+from prozchain_discovery.libp2p_fixes import run_host
 from prozchain_discovery.service import DiscoveryService
 
 LOOP = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
@@ -36,6 +37,7 @@ def cfg(
     answer: int = 50,
     target_outbound: int = 0,
     pex: bool = False,
+    peerdb_path: str = ":memory:",
     **boot: Any,
 ) -> DiscoveryConfig:
     return DiscoveryConfig(
@@ -52,7 +54,8 @@ def cfg(
             **boot,
         ),
         pex=PexConfig(enabled=pex, min_peer_age=0.0, exchange_interval=1.0, first_request_delay=0.05),
-        peerdb=PeerDbSettings(path=":memory:", target_outbound=target_outbound, flush_interval=0.5),
+        peerdb=PeerDbSettings(path=peerdb_path, target_outbound=target_outbound, flush_interval=0.5,
+                              debug_checks=True),
         server=ServerConfig(max_bootstrap_answer=answer, max_bootstrap_answer_as_bootstrap_node=answer,
                             request_timeout=2.0),
     )
@@ -66,14 +69,14 @@ class Net:
 
     async def host(self, key: Any = None):
         h = make_host(key, listen_addrs=LOOP)
-        await self.stack.enter_async_context(h.run(LOOP))
+        await self.stack.enter_async_context(run_host(h, LOOP))
         return h
 
     async def node(self, config: DiscoveryConfig, *, key: Any = None, data_dir: Any = None,
                    stack: AsyncExitStack | None = None) -> DiscoveryService:
         st = stack or self.stack
         h = make_host(key, listen_addrs=LOOP)
-        await st.enter_async_context(h.run(LOOP))
+        await st.enter_async_context(run_host(h, LOOP))
         return await st.enter_async_context(DiscoveryService(h, config, data_dir=data_dir).run())
 
     async def ring(self, n: int, config: DiscoveryConfig | None = None) -> list[DiscoveryService]:

@@ -217,3 +217,37 @@ async def test_bootstrap_request_round_trip_by_hand():
         assert resp.status == 0 and resp.network_id == "prozchain-test"
         assert len(resp.signed_records) == 2
         assert Multiaddr(resp.observed_addr).value_for_protocol("ip4") == "127.0.0.1"
+
+
+async def test_restart_rejoins_through_anchors_with_every_bootstrap_source_down(tmp_path):
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        peers = [await net.node(cfg(min_peers=1)) for _ in range(4)]
+        key = create_new_key_pair()
+        data = tmp_path / "node"
+        async with AsyncExitStack() as boot_stack:
+            boot = await Net(boot_stack).node(cfg(min_peers=1))
+            for p in peers:
+                await p.host.connect(
+                    __import__("libp2p.peer.peerinfo", fromlist=["x"]).info_from_p2p_addr(Multiaddr(addr_of(boot)))
+                )
+            await wait_until(lambda: all(boot.host.get_peerstore().get_peer_record(p.local_id) for p in peers))
+            c = cfg(bootstrap=(addr_of(boot),), min_peers=3, target_outbound=3, peerdb_path="")
+            async with AsyncExitStack() as inner:
+                node = await Net(inner).node(c, key=key, data_dir=data)
+                await wait_until(lambda: node.joined_at is not None)
+                await wait_until(lambda: len(node.db.anchors()) >= 2, timeout=5)
+        # The bootstrap node is gone; no DNS seeds; a fresh process with the same data dir.
+        async with AsyncExitStack() as inner:
+            node = await Net(inner).node(c, key=key, data_dir=data)
+            try:
+                took = await wait_until(lambda: node.joined_at is not None, timeout=10)
+            except trio.TooSlowError:
+                import json
+                print(json.dumps({k: v for k, v in node.status().items() if k != "addrs"}, indent=1, default=str))
+                raise
+            assert took < 3.0
+            assert len(node.db) >= 3
+            assert all(cp.peer_id in {p.local_id for p in peers} for cp in node.connected.values())

@@ -76,3 +76,29 @@ def test_expand_wildcard_pure():
     )
     out = [str(a) for a in f([multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/7"), multiaddr.Multiaddr("/ip4/10.0.0.1/tcp/7")])]
     assert out == ["/ip4/127.0.0.1/tcp/7", "/ip4/192.0.2.2/tcp/7", "/ip4/10.0.0.1/tcp/7"]
+
+
+async def test_zombie_listener_closed_by_run_host():
+    import socket
+
+    from prozchain_discovery.libp2p_fixes import run_host
+
+    def accepts(port: int) -> bool:
+        s = socket.socket()
+        s.settimeout(1)
+        try:
+            s.connect(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    stock = make_host()
+    async with stock.run(LOOP):
+        stock_port = int(stock.get_addrs()[0].value_for_protocol("tcp"))
+    ours = make_host()
+    async with run_host(ours, LOOP):
+        our_port = int(ours.get_addrs()[0].value_for_protocol("tcp"))
+    assert accepts(stock_port), "py-libp2p now closes its listener: drop run_host's workaround"
+    assert not accepts(our_port)
