@@ -40,10 +40,12 @@ __all__ = [
     "is_unspecified",
     "parse_multiaddr",
     "AddressError",
+    "scope_of_bytes",
+    "group_of_bytes",
+    "share_class",
+    "may_share",
 ]
 
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
-_V4_DOC = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
 
 class AddressError(ValueError):
@@ -140,8 +142,29 @@ def port_of(ma: Multiaddr) -> int | None:
         return None
 
 
+def _v4_scope(n: int) -> AddrScope:
+    """IPv4 scope by integer arithmetic (ipaddress's is_private walks a list of networks:
+    ~20x slower, and this runs for every address the peer database sees)."""
+    a = n >> 24
+    if n == 0:
+        return AddrScope.UNSPECIFIED
+    if a == 127:
+        return AddrScope.LOOPBACK
+    if a == 10 or (n >> 20) == 0xAC1 or (n >> 16) == 0xC0A8 or (n >> 22) == 0x191 or (n >> 17) == 0x6309:
+        return AddrScope.PRIVATE  # 10/8, 172.16/12, 192.168/16, 100.64/10, 198.18/15
+    if (n >> 16) == 0xA9FE:
+        return AddrScope.LINK_LOCAL  # 169.254/16
+    if a == 0 or a >= 224:
+        return AddrScope.OTHER  # "this network", multicast, reserved, broadcast
+    if (n >> 8) == 0xC00000:
+        return AddrScope.OTHER  # 192.0.0/24 (IETF protocol assignments)
+    return AddrScope.PUBLIC  # includes the documentation ranges our NAT lab uses as "internet"
+
+
 def _ip_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AddrScope:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _v4_scope(int(ip))
+    if ip.ipv4_mapped is not None:
         return _ip_scope(ip.ipv4_mapped)
     if ip.is_unspecified:
         return AddrScope.UNSPECIFIED
@@ -151,11 +174,6 @@ def _ip_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AddrScope:
         return AddrScope.LINK_LOCAL
     if ip.is_multicast:
         return AddrScope.OTHER
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
-        return AddrScope.PRIVATE
-    if isinstance(ip, ipaddress.IPv4Address) and any(ip in n for n in _V4_DOC):
-        # Documentation ranges are what our NAT lab uses as "the internet"; treat as public.
-        return AddrScope.PUBLIC
     if ip.is_private:
         return AddrScope.PRIVATE
     if ip.is_reserved:
@@ -192,8 +210,70 @@ def is_shareable_to(addr: Multiaddr, requester_scope: AddrScope) -> bool:
     return True
 
 
+def _fast_ip(b: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of a binary ``/ip4/A/tcp/P`` or ``/ip6/A/tcp/P`` address (the common case), else None."""
+    if len(b) == 8 and b[0] == 0x04 and b[5] == 0x06:
+        return ipaddress.IPv4Address(b[1:5])
+    if len(b) == 20 and b[0] == 0x29 and b[17] == 0x06:
+        return ipaddress.IPv6Address(b[1:17])
+    return None
+
+
+def scope_of_bytes(b: bytes) -> AddrScope:
+    """:func:`scope_of` for a binary multiaddr, without building a Multiaddr when possible."""
+    ip = _fast_ip(b)
+    if ip is not None:
+        return _ip_scope(ip)
+    return scope_of(Multiaddr(b))
+
+
+def group_of_bytes(b: bytes) -> str:
+    """:func:`network_group` for a binary multiaddr (fast path for plain TCP addresses)."""
+    ip = _fast_ip(b)
+    if ip is None:
+        return network_group(Multiaddr(b))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return network_group(Multiaddr(b))
+    scope = _ip_scope(ip)
+    if scope.is_local or scope is AddrScope.UNSPECIFIED:
+        return f"local:{ip}:{int.from_bytes(b[-2:], 'big')}"
+    if isinstance(ip, ipaddress.IPv4Address):
+        return f"4:{b[1]}.{b[2]}"
+    net = ipaddress.IPv6Network((ip, 32), strict=False)
+    return "6:" + str(net.network_address).rstrip(":")
+
+
+# Share classes of a set of addresses: who may be shown all of them.
+SHARE_ANYONE = 0  # public / DNS only
+SHARE_LOCAL = 1  # has private, loopback or link-local addresses: local requesters only
+SHARE_NOBODY = 2  # has unspecified or unknown addresses
+
+
+def share_class(addrs: Iterable[bytes]) -> int:
+    worst = SHARE_ANYONE
+    for b in addrs:
+        scope = scope_of_bytes(b)
+        if scope in (AddrScope.UNSPECIFIED, AddrScope.OTHER):
+            return SHARE_NOBODY
+        if scope not in (AddrScope.PUBLIC, AddrScope.DNS):
+            worst = SHARE_LOCAL
+    return worst
+
+
+def may_share(klass: int, requester_scope: AddrScope) -> bool:
+    """The rule of :func:`is_shareable_to`, for a whole record's share class."""
+    if klass == SHARE_NOBODY:
+        return False
+    if requester_scope in (AddrScope.PUBLIC, AddrScope.DNS, AddrScope.OTHER):
+        return klass == SHARE_ANYONE
+    return True
+
+
 def network_group(ma: Multiaddr) -> str:
     """The diversity group of an address (see the module docstring)."""
+    raw = ma.to_bytes()
+    if _fast_ip(raw) is not None:
+        return group_of_bytes(raw)
     if is_relayed(ma):
         text = str(ma)
         relay_part = Multiaddr(text[: text.find("/p2p-circuit")])

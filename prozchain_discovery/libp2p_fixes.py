@@ -186,9 +186,18 @@ def route_libp2p_logs(level: int = logging.WARNING) -> None:
 
 
 async def close_listeners(host: Any) -> None:
-    """Close every transport listener of ``host`` (bounded, never raises)."""
-    listeners = getattr(host.get_network(), "listeners", {}) or {}
-    for listener in list(listeners.values()):
+    """Close every transport listener of ``host`` (bounded, never raises).
+
+    The listeners are also removed from the swarm's map first: py-libp2p computes the host's
+    addresses from them (``getsockname``), and an identify request answered after the close
+    would otherwise raise ``OSError`` inside the host's nursery.
+    """
+    listeners = getattr(host.get_network(), "listeners", None)
+    if not isinstance(listeners, dict):
+        return
+    closing = list(listeners.values())
+    listeners.clear()
+    for listener in closing:
         with trio.move_on_after(2):
             try:
                 await listener.close()

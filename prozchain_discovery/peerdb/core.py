@@ -53,7 +53,7 @@ from typing import Any
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from ..addrs import AddrScope, is_shareable_to, network_group
+from ..addrs import AddrScope, group_of_bytes, may_share, network_group, share_class
 from ..records import VerifiedRecord
 
 __all__ = [
@@ -103,13 +103,15 @@ class PeerEntry:
     __slots__ = (
         "pid", "_addrs", "envelope", "seq", "first_seen", "last_seen", "last_attempt",
         "last_success", "attempts", "failures", "source", "source_peer", "source_group",
-        "group", "in_tried", "slot", "list_pos", "signed",
+        "group", "in_tried", "slot", "list_pos", "share",
     )
 
     def __init__(self, pid: bytes, addrs: tuple[bytes, ...], source: PeerSource, source_peer: bytes | None,
                  source_group: str, group: str, now: float) -> None:
         self.pid = pid
-        self._addrs = addrs
+        # One address (the common case) is kept as bare bytes: a 1-tuple costs 64 B an entry.
+        self._addrs: bytes | tuple[bytes, ...] = addrs[0] if len(addrs) == 1 else addrs
+        self.share = share_class(addrs)  # who may be shown these addresses (addrs.may_share)
         self.envelope: bytes | None = None
         self.seq = 0
         self.first_seen = now
@@ -125,19 +127,27 @@ class PeerEntry:
         self.in_tried = False
         self.slot = -1
         self.list_pos = -1
-        self.signed = False
 
     @property
     def peer_id(self) -> ID:
         return ID(self.pid)
 
     @property
+    def signed(self) -> bool:
+        return self.envelope is not None
+
+    @property
     def addrs(self) -> tuple[Multiaddr, ...]:
-        return tuple(Multiaddr(a) for a in self._addrs)
+        return tuple(Multiaddr(a) for a in self.raw_addrs)
 
     @property
     def raw_addrs(self) -> tuple[bytes, ...]:
-        return self._addrs
+        a = self._addrs
+        return (a,) if isinstance(a, bytes) else a
+
+    def set_addrs(self, addrs: tuple[bytes, ...]) -> None:
+        self._addrs = addrs[0] if len(addrs) == 1 else addrs
+        self.share = share_class(addrs)
 
     def __repr__(self) -> str:
         table = "tried" if self.in_tried else "new"
@@ -179,6 +189,7 @@ class PeerDatabase:
         self._entries: dict[bytes, PeerEntry] = {}
         self._collisions: dict[bytes, tuple[bytes, float]] = {}  # new pid -> (tried pid, since)
         self._anchors: list[bytes] = []
+        self._group_cache: dict[bytes, str] = {}  # source address -> group (sources repeat)
         self.dirty: set[bytes] = set()
         self.deleted: set[bytes] = set()
         self.meta_dirty = True
@@ -276,13 +287,23 @@ class PeerDatabase:
     # ---- adding ---------------------------------------------------------------------------
     def _source_group(self, source: PeerSource, source_addr: Multiaddr | None) -> str:
         if source_addr is not None:
+            key = source_addr.to_bytes()
+            hit = self._group_cache.get(key)
+            if hit is not None:
+                return hit
             try:
-                return _intern(network_group(source_addr))
+                group = _intern(network_group(source_addr))
             except Exception:
-                pass
+                return _intern("src:" + source.value)
+            if len(self._group_cache) > 4096:
+                self._group_cache.clear()
+            self._group_cache[key] = group
+            return group
         return _intern("src:" + source.value)
 
     def _encode_addrs(self, addrs: Sequence[Multiaddr]) -> tuple[bytes, ...]:
+        if len(addrs) == 1:
+            return (addrs[0].to_bytes(),)
         out: list[bytes] = []
         for a in addrs[: self.config.max_addrs_per_peer]:
             b = a.to_bytes()
@@ -292,7 +313,7 @@ class PeerDatabase:
 
     def _insert(self, pid: bytes, addrs: tuple[bytes, ...], source: PeerSource, source_peer: ID | None,
                 source_addr: Multiaddr | None, now: float) -> PeerEntry | None:
-        group = _intern(network_group(Multiaddr(addrs[0])))
+        group = _intern(group_of_bytes(addrs[0]))
         sgroup = self._source_group(source, source_addr)
         slot = self._new_slot(pid, group, sgroup)
         occupant = self._new[slot]
@@ -324,8 +345,7 @@ class PeerDatabase:
             return False
         e.envelope = rec.envelope_bytes
         e.seq = rec.seq
-        e.signed = True
-        e._addrs = addrs
+        e.set_addrs(addrs)
         e.last_seen = max(e.last_seen, now)
         self._touch(e)
         self._debug_check()
@@ -344,11 +364,11 @@ class PeerDatabase:
             self._debug_check()
             return ok
         if not e.signed:
-            merged = list(e._addrs)
+            merged = list(e.raw_addrs)
             for a in enc:
                 if a not in merged and len(merged) < self.config.max_addrs_per_peer:
                     merged.append(a)
-            e._addrs = tuple(merged)
+            e.set_addrs(tuple(merged))
         e.last_seen = max(e.last_seen, now)
         self._touch(e)
         return True
@@ -539,7 +559,7 @@ class PeerDatabase:
                     continue
                 if signed_only and e.envelope is None:
                     continue
-                if not all(is_shareable_to(Multiaddr(a), requester_scope) for a in e._addrs):
+                if not may_share(e.share, requester_scope):
                     continue
                 out.append(e)
                 if len(out) >= n:
@@ -672,8 +692,8 @@ class PeerDatabase:
                 want = self._tried_slot(pid, e.group) if tried else self._new_slot(pid, e.group, e.source_group)
                 if e.slot != want or table[e.slot] != pid:
                     fail(f"{e}: slot {e.slot} is not its placement {want}")
-                if len(e._addrs) > self.config.max_addrs_per_peer:
-                    fail(f"{e}: {len(e._addrs)} addresses")
+                if len(e.raw_addrs) > self.config.max_addrs_per_peer:
+                    fail(f"{e}: {len(e.raw_addrs)} addresses")
                 if pid == self.local:
                     fail("the local peer is in the database")
             occupied = sum(1 for s in table if s is not None)

@@ -98,7 +98,6 @@ def row_entry(row: Row, offset: float) -> PeerEntry:
     e = PeerEntry(bytes(pid), _unpack_addrs(addrs), PeerSource(src), bytes(sp) if sp else None,
                   str(sg), str(grp), _local(fs, offset))
     e.envelope = bytes(env) if env else None
-    e.signed = e.envelope is not None
     e.seq = int(seq)
     e.last_seen = _local(ls, offset)
     e.last_attempt = _local(la, offset)
