@@ -37,7 +37,7 @@ def rss_bytes() -> int:
 
 def inputs(n: int, rng: random.Random) -> list[tuple[ID, Multiaddr, Multiaddr]]:
     out = []
-    for i in range(n):
+    for _ in range(n):
         pid = ID(b"\x00\x24\x08\x01\x12\x20" + rng.getrandbits(256).to_bytes(32, "big"))
         ip = f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
         src = Multiaddr(f"/ip4/{rng.randint(1, 223)}.{rng.randint(0, 255)}.1.1/tcp/4001")
