@@ -44,7 +44,7 @@ from .config import DiscoveryConfig
 from .metrics import Metrics
 from .peerdb import AsyncPeerStore, PeerDatabase, PeerDbConfig, PeerSource, open_or_reset
 from .pex.policy import PeerExchange, Verdict
-from .records import VerifiedRecord, VerifiedRecordCache, sign_record
+from .records import RecordError, VerifiedRecord, VerifiedRecordCache, sign_record
 from .wire.messages import (
     BOOTSTRAP_PROTOCOL,
     PEX_PROTOCOL,
@@ -245,14 +245,51 @@ class DiscoveryService:
         now = self.now()
         if peer_id in self.db:
             self.db.mark_seen(peer_id, now)
-        if not outbound and addr:
-            # An inbound peer's source port is ephemeral: remember that it exists, not where.
-            pass
+        if self._nursery is not None and peer_id not in self.wrong_network:
+            self._nursery.start_soon(self._learn_record, peer_id, source, addr)
         if self.joined_at is None and len(self.connected) >= self.min_peers:
             self.joined_at = now
             log.info(
                 "joined: %d peers after %.3f s", len(self.connected), now - self.started_at
             )
+
+    async def _learn_record(self, peer_id: ID, source: PeerSource, addr: str) -> None:
+        """Store a connected peer's own signed record (identify delivers it) in the book.
+
+        This is how a node's record starts to travel: its peers keep it and, once it is older
+        than ``min_peer_age``, hand it out by PEX. The peer is its own source, so an inbound
+        flood from one network group lands in that group's few buckets.
+        """
+        peerstore = self.host.get_peerstore()
+        env = None
+        with trio.move_on_after(5):
+            while env is None:
+                try:
+                    env = peerstore.get_peer_record(peer_id)
+                except Exception:
+                    env = None
+                if env is None:
+                    await trio.sleep(0.05)
+        if env is None or peer_id not in self.connected:
+            return
+        try:
+            rec = self.record_cache.verify(env.marshal_envelope(), local_peer_id=self.local_id)
+        except RecordError as exc:
+            self.metrics.inc("records_rejected", reason=exc.reason.value, via="identify")
+            return
+        if rec.peer_id != peer_id:
+            return
+        src_addr = None
+        if addr:
+            try:
+                src_addr = parse_multiaddr(addr)
+            except Exception:
+                src_addr = None
+        now = self.now()
+        self.db.add_record(rec, source, now, source_peer=peer_id, source_addr=src_addr)
+        cp = self.connected.get(peer_id)
+        if cp is not None and cp.outbound and peer_id in self.db:
+            self.db.mark_success(peer_id, now)
 
     def _on_disconnected(self, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
