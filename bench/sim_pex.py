@@ -176,6 +176,7 @@ class Sim:
         b = self.rng.choice(self.boot_ids)
         self.connect(i, b, PeerSource.BOOTSTRAP, then=lambda: self.bootstrap_request(i, b))
         self.at(self.now + 5.0, lambda: self.maintain(i))
+        self.at(self.now + 1.0, lambda: self.addr_fetch(i))
 
     def connect(self, a: int, b: int, source: PeerSource, then: Callable[[], None] | None = None) -> None:
         na, nb = self.nodes[a], self.nodes[b]
@@ -216,6 +217,51 @@ class Sim:
 
     def _verified(self, i: int) -> records_mod.VerifiedRecord:
         return records_mod.verify_record(self.nodes[i].record)
+
+    def addr_fetch(self, a: int) -> None:
+        """service._addr_fetch: one-shot connections to a few known peers while the book is thin."""
+        na = self.nodes[a]
+        if not na.alive:
+            return
+        budget = na.pex.addr_fetch_budget(len(na.db), self.now - na.joined_at)
+        if budget <= 0:
+            return
+        exclude = {self.nodes[o].peer_id for o in na.outbound | na.dialing}
+        for _ in range(budget):
+            entry = na.db.select_for_dial(self.now, exclude=exclude)
+            if entry is None:
+                break
+            exclude.add(entry.peer_id)
+            b = self.by_id.get(entry.peer_id)
+            if b is None:
+                continue
+            nb = self.nodes[b]
+            rtt = 2 * self.latency(a, b)
+
+            def connected(b: int = b, nb: Node = nb, rtt: float = rtt) -> None:
+                if not na.alive:
+                    return
+                if not nb.alive:
+                    na.db.mark_failure(nb.peer_id, self.now)
+                    return
+                na.db.mark_success(nb.peer_id, self.now)
+                req = na.pex.make_request(nb.peer_id, self.now)
+                resp, _ = nb.pex.handle_request(na.peer_id, PexRequest(NET, req.max_peers), self.now,
+                                                lambda n: self.share(b, a, n))
+                self.stats["pex"] += 1
+
+                def receive() -> None:
+                    out = na.pex.read_response(nb.peer_id, resp, self.now)
+                    for rec in out.records:
+                        na.db.add_record(rec, PeerSource.PEX, self.now, source_peer=nb.peer_id,
+                                         source_addr=Multiaddr(f"/ip4/{nb.ip}/tcp/4001"))
+                    self.on_pex(a)
+
+                self.at(self.now + rtt, receive)
+
+            na.db.mark_attempt(nb.peer_id, self.now)
+            self.at(self.now + (1.5 * rtt if nb.alive else 5.0), connected)
+        self.at(self.now + self.pex_cfg.exchange_interval, lambda: self.addr_fetch(a))
 
     def maintain(self, a: int) -> None:
         """The cascade's periodic check: below target with nothing to dial -> ask a bootstrap node."""

@@ -141,8 +141,16 @@ class PexConfig:
     request_timeout: float = 10.0
     first_request_delay: float = 0.5  # after identify, before the first request to a new peer
     ignored_limit: int = 3  # RATE_LIMITED answers ignored before the requester is dropped
+    # Address fetch (Bitcoin's ADDR_FETCH): while the book is thin and the node young, each round
+    # also asks a few extra known peers over one-shot connections, so a joiner learns
+    # ~1,000 addresses in a few rounds instead of being limited to its 8 outbound peers.
+    addr_fetch_below: int = 1000
+    addr_fetch_per_round: int = 12
+    addr_fetch_window: float = 600.0
 
     def validate(self, prefix: str) -> None:
+        if self.addr_fetch_per_round < 0 or self.addr_fetch_below < 0:
+            raise ConfigError(f"{prefix}.addr_fetch_per_round", "must not be negative")
         if not 1 <= self.max_peers_per_exchange <= 500:
             raise ConfigError(f"{prefix}.max_peers_per_exchange", "must be 1..500")
         for name in ("min_peer_age", "exchange_interval", "first_request_delay"):

@@ -716,10 +716,45 @@ class DiscoveryService:
             await self._disconnect(entry.peer_id)
 
     # ---- peer exchange (issue #4) ---------------------------------------------------------
+    async def _addr_fetch(self) -> None:
+        """One round of address fetch: one-shot connections to a few known peers, ask, leave."""
+        now = self.now()
+        budget = self.pex.addr_fetch_budget(len(self.db), now - self.started_at)
+        if budget <= 0:
+            return
+        picks = []
+        exclude = set(self.connected)
+        for _ in range(budget):
+            entry = self.db.select_for_dial(now, exclude=exclude, backoff=self._in_backoff)
+            if entry is None:
+                break
+            exclude.add(entry.peer_id)
+            picks.append(entry)
+        if not picks:
+            return
+        self.metrics.inc("addr_fetch_rounds")
+
+        async def one(entry: Any) -> None:
+            if not await self.dial(entry.peer_id, list(entry.addrs), entry.source):
+                return
+            self.metrics.inc("addr_fetches")
+            await self.request_peers(entry.peer_id)
+            if self.outbound_count() > max(self.config.peerdb.target_outbound, self.min_peers):
+                await self._disconnect(entry.peer_id)
+
+        async with trio.open_nursery() as nursery:
+            for entry in picks:
+                nursery.start_soon(one, entry)
+
     async def _pex_loop(self) -> None:
         cfg = self.config.pex
+        next_fetch = self.now() + cfg.first_request_delay
         while True:
             now = self.now()
+            if now >= next_fetch and self.connected:
+                next_fetch = now + cfg.exchange_interval
+                assert self._nursery is not None
+                self._nursery.start_soon(self._addr_fetch)
             due = []
             for cp in list(self.connected.values()):
                 if not cp.outbound or cp.peer_id in self.wrong_network:

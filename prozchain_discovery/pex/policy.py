@@ -141,6 +141,14 @@ class PeerExchange:
             kept.append(rec)
         return PexOutcome(response.status, kept, rejected)
 
+    def addr_fetch_budget(self, book_size: int, uptime: float) -> int:
+        """How many extra peers to ask this round (0 once the book is full enough or the node
+        is no longer young: a grown node has no reason to open one-shot connections)."""
+        c = self.config
+        if book_size >= c.addr_fetch_below or uptime > c.addr_fetch_window:
+            return 0
+        return c.addr_fetch_per_round
+
     def forget_old(self, now: float) -> None:
         """Drop rate-limit state older than the interval (keeps memory bounded)."""
         horizon = self.config.exchange_interval
