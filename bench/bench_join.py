@@ -14,6 +14,7 @@ Run: .venv/bin/python bench/bench_join.py [--nodes 50] [--joins 7] [--no-dht]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ["PROZCHAIN_DIAL_LOOPBACK_ONLY"] = "1"  # before the service module reads it
 
 from prozchain_discovery.demo import demo_config, start_network  # noqa: E402
 from prozchain_discovery.host import make_host  # noqa: E402

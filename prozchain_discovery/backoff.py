@@ -3,12 +3,14 @@
 The delay after the n-th consecutive failure is ``base + step * n**2`` seconds, capped at
 ``cap`` (go-libp2p's dial backoff: 5 s + 1 s x tries², cap 5 min), with +-``jitter`` so a fleet
 restarted together does not re-dial in lockstep. After ``give_up_after`` consecutive failures a
-key is given up for this run. Keys are strings: an address (``/ip4/.../p2p/<id>``) or a peer id.
+key is given up for this run. Keys are any hashable (the service uses peer-id bytes: cheap to hash,
+where ``str(peer_id)`` costs a base58 encoding); ``label`` turns a key into text for status.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from .config import BackoffConfig
@@ -28,23 +30,29 @@ class AttemptState:
 
 
 class DialBackoff:
-    def __init__(self, config: BackoffConfig | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: BackoffConfig | None = None,
+        rng: random.Random | None = None,
+        label: Callable[[Hashable], str] = str,
+    ) -> None:
         self.config = config or BackoffConfig()
         self._rng = rng or random.Random()
-        self._states: dict[str, AttemptState] = {}
+        self._label = label
+        self._states: dict[Hashable, AttemptState] = {}
 
-    def state(self, key: str) -> AttemptState | None:
+    def state(self, key: Hashable) -> AttemptState | None:
         return self._states.get(key)
 
     def delay_for(self, failures: int) -> float:
         c = self.config
         return float(min(c.cap, c.base + c.step * failures * failures))
 
-    def allowed(self, key: str, now: float) -> bool:
+    def allowed(self, key: Hashable, now: float) -> bool:
         st = self._states.get(key)
         return st is None or (not st.given_up and now >= st.retry_at)
 
-    def wait_time(self, key: str, now: float) -> float:
+    def wait_time(self, key: Hashable, now: float) -> float:
         st = self._states.get(key)
         if st is None:
             return 0.0
@@ -52,12 +60,12 @@ class DialBackoff:
             return float("inf")
         return max(0.0, st.retry_at - now)
 
-    def record_attempt(self, key: str, now: float) -> None:
+    def record_attempt(self, key: Hashable, now: float) -> None:
         st = self._states.setdefault(key, AttemptState())
         st.attempts += 1
         st.last_attempt = now
 
-    def record_failure(self, key: str, now: float, error: str = "") -> float:
+    def record_failure(self, key: Hashable, now: float, error: str = "") -> float:
         """Returns the delay until the next attempt is allowed (inf once given up)."""
         st = self._states.setdefault(key, AttemptState())
         st.failures += 1
@@ -72,7 +80,7 @@ class DialBackoff:
         st.retry_at = now + delay
         return delay
 
-    def record_success(self, key: str, now: float) -> None:
+    def record_success(self, key: Hashable, now: float) -> None:
         st = self._states.setdefault(key, AttemptState())
         st.failures = 0
         st.given_up = False
@@ -80,7 +88,7 @@ class DialBackoff:
         st.last_success = now
         st.last_error = ""
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: Hashable) -> None:
         self._states.pop(key, None)
 
     def reset_given_up(self) -> None:
@@ -96,7 +104,7 @@ class DialBackoff:
         out: dict[str, dict[str, object]] = {}
         for key, st in self._states.items():
             if st.failures or st.given_up:
-                out[key] = {
+                out[self._label(key)] = {
                     "attempts": st.attempts,
                     "failures": st.failures,
                     "retry_in": None if st.given_up else round(max(0.0, st.retry_at - now), 1),

@@ -218,4 +218,7 @@ def _svg(summary: dict[str, Any], size: int = 640) -> str:
 
 
 def run_demo(nodes: int, min_peers: int, bootstrap_answer: int, out_dir: Path, timeout: float) -> int:
+    import os
+
+    os.environ.setdefault("PROZCHAIN_DIAL_LOOPBACK_ONLY", "1")  # the demo never leaves this machine
     return trio.run(_demo, nodes, min_peers, bootstrap_answer, out_dir, timeout)

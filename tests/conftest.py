@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+
+# Nothing in this suite may dial off this machine: the service refuses non-loopback dials.
+os.environ["PROZCHAIN_DIAL_LOOPBACK_ONLY"] = "1"
 
 import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair

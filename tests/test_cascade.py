@@ -88,12 +88,12 @@ async def test_backoff_and_give_up_are_visible():
             cfg(bootstrap=(dead,), min_peers=2, check_interval=0.1,
                 backoff=BackoffConfig(base=0.05, step=0.01, cap=0.1, jitter=0.0, give_up_after=3))
         )
-        await wait_until(lambda: (st := node.backoff.state(str(ghost))) is not None and st.given_up, timeout=10)
+        await wait_until(lambda: (st := node.backoff.state(ghost.to_bytes())) is not None and st.given_up, timeout=10)
         snap = node.status()["backoff"][str(ghost)]
         assert snap["given_up"] and snap["failures"] == 3 and snap["last_error"]
-        attempts = node.backoff.state(str(ghost)).attempts
+        attempts = node.backoff.state(ghost.to_bytes()).attempts
         await trio.sleep(0.5)
-        assert node.backoff.state(str(ghost)).attempts == attempts  # given up: no more dials
+        assert node.backoff.state(ghost.to_bytes()).attempts == attempts  # given up: no more dials
 
 
 async def test_static_peer_redialed_after_disconnect():
@@ -251,3 +251,10 @@ async def test_restart_rejoins_through_anchors_with_every_bootstrap_source_down(
             assert took < 3.0
             assert len(node.db) >= 3
             assert all(cp.peer_id in {p.local_id for p in peers} for cp in node.connected.values())
+
+
+async def test_loopback_only_guard_refuses_off_host_dials():
+    async with AsyncExitStack() as stack:
+        node = await Net(stack).node(cfg(min_peers=1))
+        ok = await node.dial(identity(990)[1], [Multiaddr("/ip4/192.0.2.10/tcp/4001")], PeerSource.PEX)
+        assert not ok and node.metrics.get("dials_refused_loopback_only") == 1
