@@ -907,6 +907,10 @@ class DiscoveryService:
     def _refresh_own_record(self) -> None:
         """Re-sign our record (seq increases) when our advertised addresses change."""
         addrs = [strip_p2p(a) for a in self.host.get_addrs()]
+        public = [a for a in addrs if scope_of(a) in (AddrScope.PUBLIC, AddrScope.DNS)]
+        # A record with a private address is never handed to public requesters (signed records
+        # cannot be trimmed), so a node that has public addresses signs only those.
+        addrs = public or addrs
         self._our_record = sign_record(self.local_id, addrs, self.host.get_private_key())
         from libp2p.peer.envelope import unmarshal_envelope
 
