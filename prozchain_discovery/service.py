@@ -486,25 +486,13 @@ class DiscoveryService:
 
     async def _phase_book(self, need: int) -> None:
         """Use the peer database first when it knows enough (Bitcoin skips DNS seeds then)."""
-        now = self.now()
         picks: list[tuple[ID, list[multiaddr.Multiaddr], PeerSource]] = []
         seen: set[ID] = set(self.connected)
         for anchor in self.db.anchors():
             if anchor.peer_id not in seen:
                 seen.add(anchor.peer_id)
                 picks.append((anchor.peer_id, list(anchor.addrs), anchor.source))
-        groups = self._outbound_groups()
-        for _ in range(4 * need):
-            if len(picks) >= 2 * need:
-                break
-            entry = self.db.select_for_dial(
-                now, exclude=seen, outbound_groups=groups, backoff=self._in_backoff
-            )
-            if entry is None:
-                break
-            seen.add(entry.peer_id)
-            groups.add(entry.group)
-            picks.append((entry.peer_id, list(entry.addrs), entry.source))
+        picks += self._pick_for_dial(2 * need - len(picks), seen, self._outbound_groups())
         if picks:
             await self._dial_many(picks, until=need)
 
@@ -670,6 +658,25 @@ class DiscoveryService:
     def _in_backoff(self, peer_id: ID) -> bool:
         return not self.backoff.allowed(peer_id.to_bytes(), self.now()) or peer_id in self.wrong_network
 
+    def _pick_for_dial(
+        self, n: int, exclude: set[ID], groups: set[str] | None
+    ) -> list[tuple[ID, list[multiaddr.Multiaddr], PeerSource]]:
+        """Up to ``n`` dial targets from the book, not in ``exclude``, not in backoff; with
+        ``groups`` (the network groups already used by outbound peers), one per group."""
+        now = self.now()
+        picks: list[tuple[ID, list[multiaddr.Multiaddr], PeerSource]] = []
+        for _ in range(max(0, n)):
+            entry = self.db.select_for_dial(
+                now, exclude=exclude, outbound_groups=groups or (), backoff=self._in_backoff
+            )
+            if entry is None:
+                break
+            exclude.add(entry.peer_id)
+            if groups is not None:
+                groups.add(entry.group)
+            picks.append((entry.peer_id, list(entry.addrs), entry.source))
+        return picks
+
     def _outbound_groups(self) -> set[str]:
         groups = set()
         for cp in self.connected.values():
@@ -692,18 +699,9 @@ class DiscoveryService:
                 await self._wake_outbound.wait()
             now = self.now()
             if target and self.outbound_count() < target:
-                groups = self._outbound_groups()
-                exclude = set(self.connected)
-                picks = []
-                for _ in range(target - self.outbound_count()):
-                    entry = self.db.select_for_dial(
-                        now, exclude=exclude, outbound_groups=groups, backoff=self._in_backoff
-                    )
-                    if entry is None:
-                        break
-                    exclude.add(entry.peer_id)
-                    groups.add(entry.group)
-                    picks.append((entry.peer_id, list(entry.addrs), entry.source))
+                picks = self._pick_for_dial(
+                    target - self.outbound_count(), set(self.connected), self._outbound_groups()
+                )
                 if picks:
                     await self._dial_many(picks)
             if now >= next_feeler:
@@ -733,29 +731,22 @@ class DiscoveryService:
         budget = self.pex.addr_fetch_budget(len(self.db), now - self.started_at)
         if budget <= 0:
             return
-        picks = []
-        exclude = set(self.connected)
-        for _ in range(budget):
-            entry = self.db.select_for_dial(now, exclude=exclude, backoff=self._in_backoff)
-            if entry is None:
-                break
-            exclude.add(entry.peer_id)
-            picks.append(entry)
+        picks = self._pick_for_dial(budget, set(self.connected), None)
         if not picks:
             return
         self.metrics.inc("addr_fetch_rounds")
 
-        async def one(entry: Any) -> None:
-            if not await self.dial(entry.peer_id, list(entry.addrs), entry.source):
+        async def one(pid: ID, addrs: list[multiaddr.Multiaddr], source: PeerSource) -> None:
+            if not await self.dial(pid, addrs, source):
                 return
             self.metrics.inc("addr_fetches")
-            await self.request_peers(entry.peer_id)
+            await self.request_peers(pid)
             if self.outbound_count() > max(self.config.peerdb.target_outbound, self.min_peers):
-                await self._disconnect(entry.peer_id)
+                await self._disconnect(pid)
 
         async with trio.open_nursery() as nursery:
-            for entry in picks:
-                nursery.start_soon(one, entry)
+            for pick in picks:
+                nursery.start_soon(one, *pick)
 
     async def _pex_loop(self) -> None:
         cfg = self.config.pex
