@@ -492,13 +492,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=6.0, help="virtual minutes before probes join")
     parser.add_argument("--attackers", type=float, default=0.0)
     parser.add_argument("--probes", type=int, default=5)
+    parser.add_argument("--only-attackers", action="store_true", help="skip the attacker-free run")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--full-tables", action="store_true", help="default-size tables for every node")
     args = parser.parse_args()
     _install_verify_cache()
     rows = []
     for n in args.nodes:
-        for att in sorted({0.0, args.attackers}):
+        for att in ([args.attackers] if args.only_attackers else sorted({0.0, args.attackers})):
             res = run(n, args.minutes, att, args.seed, args.probes, not args.full_tables)
             print(res, flush=True)
             rows.append(res)

@@ -241,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "node":
         return cmd_node(args)
     if args.command == "status":
-        return cmd_status(args)
+        try:
+            return cmd_status(args)
+        except BrokenPipeError:  # e.g. piped into head: not an error
+            sys.stderr.close()
+            return 0
     if args.command == "demo":
         return cmd_demo(args)
     parser.print_help()

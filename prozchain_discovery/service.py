@@ -1007,7 +1007,7 @@ class DiscoveryService:
             "peer_id": str(self.local_id),
             "network_id": self.config.network_id,
             "addrs": [str(a) for a in self.host.get_addrs()],
-            "phase": self.phase,
+            "phase": "done" if self.phase == "waiting" and len(self.connected) >= self.min_peers else self.phase,
             "uptime": round(now - self.started_at, 3),
             "joined_after": None if self.joined_at is None else round(self.joined_at - self.started_at, 3),
             "connected": len(self.connected),
