@@ -98,7 +98,7 @@ async def measure_joins(nodes: int, joins: int, min_peers: int) -> dict[str, flo
             while any(s.joined_at is None for s in net.nodes):
                 await trio.sleep(0.1)
         setup = time.perf_counter() - t0
-        await trio.sleep(1.0)  # let identify and PEX settle
+        await trio.sleep(5.0)  # let identify and the first PEX rounds of the young network settle
         boot = net.services[0]
         boot_addr = str(boot.host.get_addrs()[0])
         times = []

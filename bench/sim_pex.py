@@ -227,6 +227,13 @@ class Sim:
         if budget <= 0:
             return
         exclude = {self.nodes[o].peer_id for o in na.outbound | na.dialing}
+        # Judge the previous round (service: before/after the round's nursery).
+        prev = getattr(na, "_fetch_mark", None)
+        if prev is not None:
+            na.pex.note_fetch_round(prev[0], len(na.db) - prev[1])
+            if na.pex.addr_fetch_budget(len(na.db), self.now - na.joined_at) <= 0:
+                return
+        asked = 0
         for _ in range(budget):
             entry = na.db.select_for_dial(self.now, exclude=exclude)
             if entry is None:
@@ -260,7 +267,9 @@ class Sim:
                 self.at(self.now + rtt, receive)
 
             na.db.mark_attempt(nb.peer_id, self.now)
+            asked += 1
             self.at(self.now + (1.5 * rtt if nb.alive else 5.0), connected)
+        na._fetch_mark = (asked, len(na.db))  # type: ignore[attr-defined]
         self.at(self.now + self.pex_cfg.exchange_interval, lambda: self.addr_fetch(a))
 
     def maintain(self, a: int) -> None:

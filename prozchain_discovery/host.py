@@ -95,5 +95,6 @@ def make_host(
         enable_upnp=False,
     )
     libp2p_fixes.disable_auto_connector(host)
+    libp2p_fixes.no_swarm_retries(host)
     libp2p_fixes.tolerate_handler_removal(host)
     return host

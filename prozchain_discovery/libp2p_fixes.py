@@ -5,6 +5,10 @@ stock configuration and its absence with ours.
 
 * Bug 1 — 250 ms per dial: ``Swarm.dial_peer`` waits a happy-eyeballs delay unless the
   connection count reaches ``max_connections_per_peer`` (default 3). We use 1.
+* Swarm dial retries (found here): a refused dial is retried 3 times with exponential backoff
+  inside ``Swarm.dial_peer`` (~0.9 s before it fails). Our own backoff decides when to retry a
+  peer, and a slow failure holds one of the cascade's few in-flight dial slots: a joiner waited
+  ~0.6-0.9 s for dials to departed peers. :func:`no_swarm_retries` sets ``max_retries=0``.
 * Bug 2 — plaintext/secio accepted by default: we pass Noise as the only security transport.
 * Bug 9 — hidden AutoConnector: any peer with addresses in the peerstore is dialed every
   ~10 s while below ``min_connections=50``. Our outbound policy (peer database +
@@ -39,6 +43,7 @@ from .addrs import AddrScope, scope_of
 __all__ = [
     "safe_connection_config",
     "disable_auto_connector",
+    "no_swarm_retries",
     "expand_wildcard_addrs",
     "route_libp2p_logs",
     "local_interface_ips",
@@ -113,6 +118,14 @@ def tolerate_handler_removal(host: Any) -> None:
     mux = getattr(host, "multiselect", None)
     if mux is not None and isinstance(mux.handlers, dict) and not isinstance(mux.handlers, _HandlerTable):
         mux.handlers = _HandlerTable(mux.handlers)
+
+
+def no_swarm_retries(host: Any) -> None:
+    from libp2p.network.config import RetryConfig
+
+    network = host.get_network()
+    if hasattr(network, "retry_config"):
+        network.retry_config = RetryConfig(max_retries=0)
 
 
 def local_interface_ips() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

@@ -744,9 +744,11 @@ class DiscoveryService:
             if self.outbound_count() > max(self.config.peerdb.target_outbound, self.min_peers):
                 await self._disconnect(pid)
 
+        before = len(self.db)
         async with trio.open_nursery() as nursery:
             for pick in picks:
                 nursery.start_soon(one, *pick)
+        self.pex.note_fetch_round(len(picks), len(self.db) - before)
 
     async def _pex_loop(self) -> None:
         cfg = self.config.pex

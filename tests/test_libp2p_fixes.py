@@ -102,3 +102,20 @@ async def test_zombie_listener_closed_by_run_host():
         our_port = int(ours.get_addrs()[0].value_for_protocol("tcp"))
     assert accepts(stock_port), "py-libp2p now closes its listener: drop run_host's workaround"
     assert not accepts(our_port)
+
+
+async def test_refused_dial_fails_fast_without_swarm_retries():
+    from tests.netutil import closed_port
+
+    dead = multiaddr.Multiaddr(closed_port())
+    pid = make_host().get_id()
+    stock, ours = new_host(listen_addrs=LOOP), make_host()
+    times = {}
+    async with stock.run(LOOP), ours.run(LOOP):
+        for name, h in (("stock", stock), ("ours", ours)):
+            t = time.perf_counter()
+            with pytest.raises(Exception):
+                await h.connect(PeerInfo(pid, [dead]))
+            times[name] = time.perf_counter() - t
+    assert times["stock"] > 0.3, f"stock refused dial took {times['stock']:.2f} s: retries gone upstream?"
+    assert times["ours"] < 0.2, times

@@ -81,3 +81,14 @@ def test_more_records_than_asked_are_counted():
     pex = PeerExchange(PexConfig(max_peers_per_exchange=2), NET)
     out = pex.read_response(identity(1)[1], PexResponse(0, [b"x"] * 5), 0.0)
     assert out.rejected[RecordRejection.TOO_LARGE] == 3
+
+
+def test_addr_fetch_budget_and_saturation():
+    pex = PeerExchange(PexConfig(addr_fetch_below=1000, addr_fetch_per_round=12, addr_fetch_window=600), NET)
+    assert pex.addr_fetch_budget(10, 5.0) == 12
+    assert pex.addr_fetch_budget(1000, 5.0) == 0  # book full enough
+    assert pex.addr_fetch_budget(10, 601.0) == 0  # no longer young
+    pex.note_fetch_round(asked=12, gained=100)
+    assert pex.addr_fetch_budget(110, 65.0) == 12
+    pex.note_fetch_round(asked=12, gained=5)  # the network has little more to tell
+    assert pex.addr_fetch_budget(115, 125.0) == 0

@@ -69,6 +69,7 @@ class PeerExchange:
         self._served: dict[ID, _Served] = {}  # responder: when we last answered each requester
         self._last_exchange: dict[ID, float] = {}  # requester: when we last asked each peer
         self._retry_at: dict[ID, float] = {}  # requester: responder said "not before"
+        self._fetch_saturated = False  # address fetch stopped paying
 
     # ---- responder -------------------------------------------------------------------------
     def handle_request(
@@ -145,9 +146,15 @@ class PeerExchange:
         """How many extra peers to ask this round (0 once the book is full enough or the node
         is no longer young: a grown node has no reason to open one-shot connections)."""
         c = self.config
-        if book_size >= c.addr_fetch_below or uptime > c.addr_fetch_window:
+        if self._fetch_saturated or book_size >= c.addr_fetch_below or uptime > c.addr_fetch_window:
             return 0
         return c.addr_fetch_per_round
+
+    def note_fetch_round(self, asked: int, gained: int) -> None:
+        """A round that brought fewer than 2 new addresses per peer asked means the network
+        is smaller than the book target (or we have seen most of it): stop fetching."""
+        if asked and gained < 2 * asked:
+            self._fetch_saturated = True
 
     def forget_old(self, now: float) -> None:
         """Drop rate-limit state older than the interval (keeps memory bounded)."""
