@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -156,7 +157,7 @@ class DiscoveryService:
         self.phase = "idle"
         self.joined_at: float | None = None  # when min_peers_for_startup was first reached
         self.started_at = 0.0
-        self._learned: dict[ID, PeerSource] = {}  # how we first heard of a peer this run
+        self._learned: dict[ID, PeerSource] = {}  # how we dialed a peer (labels its connection)
         self._nursery: trio.Nursery | None = None
         self._notifee = _Notifee(self)
         self._peers_changed = trio.Event()
@@ -298,6 +299,7 @@ class DiscoveryService:
         peer_id = conn.muxed_conn.peer_id
         if peer_id in self.connected and not self.host.get_network().get_connections(peer_id):
             del self.connected[peer_id]
+            self._learned.pop(peer_id, None)  # how we reached it; the book keeps the source
             self._signal_peers_changed()
             if len(self.connected) < self.min_peers:
                 self._kick()
@@ -549,7 +551,7 @@ class DiscoveryService:
                 "%s is on network %r, we are on %r: disconnecting, will not retry it",
                 peer_id, answer.network_id, self.config.network_id,
             )
-            self.db.remove(peer_id) if hasattr(self.db, "remove") else None
+            self.db.remove(peer_id)
             await self._disconnect(peer_id)
             return []
         if answer.observed_addr is not None:
@@ -557,7 +559,7 @@ class DiscoveryService:
         for reason, n in answer.rejected.items():
             self.metrics.inc("records_rejected", n, reason=reason.value, via="bootstrap")
         if answer.rejected:
-            self.db.penalize(peer_id, self.now(), 1) if peer_id in self.db else None
+            self.db.penalize(peer_id, self.now(), 1)
         self._accept_records(answer.records, PeerSource.BOOTSTRAP, peer_id)
         return answer.records
 
@@ -577,7 +579,6 @@ class DiscoveryService:
                 log.debug("peerstore refused record of %s: %s", rec.peer_id, exc)
             if self.db.add_record(rec, source, now, source_peer=from_peer, source_addr=source_addr):
                 accepted += 1
-            self._learned.setdefault(rec.peer_id, source)
         self.metrics.inc("records_accepted", accepted, via=source.value)
         return accepted
 
@@ -983,8 +984,6 @@ class DiscoveryService:
         # The DNS gate survives restarts: wall-clock time of the last lookup.
         last_wall = state.get("last_dns_lookup_wall")
         if isinstance(last_wall, int | float):
-            import time
-
             elapsed = max(0.0, time.time() - last_wall)
             self.dns_gate.last_lookup = self.now() - elapsed
 
@@ -992,8 +991,6 @@ class DiscoveryService:
         path = self._state_path()
         if path is None:
             return
-        import time
-
         state: dict[str, Any] = {}
         if self.dns_gate.last_lookup is not None:
             state["last_dns_lookup_wall"] = time.time() - (self.now() - self.dns_gate.last_lookup)
