@@ -96,5 +96,6 @@ def make_host(
     )
     libp2p_fixes.disable_auto_connector(host)
     libp2p_fixes.no_swarm_retries(host)
+    libp2p_fixes.defer_identify(host)
     libp2p_fixes.tolerate_handler_removal(host)
     return host

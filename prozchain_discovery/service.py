@@ -459,11 +459,15 @@ class DiscoveryService:
     # ---- the bootstrap cascade (seed §3.1) --------------------------------------------------
     async def _cascade_loop(self) -> None:
         check = self.config.bootstrap.check_interval
+        retry = 0.5  # below the minimum after a pass: look again soon, then less often
         while True:
             if len(self.connected) < self.min_peers:
                 await self.run_cascade()
+            short = len(self.connected) < self.min_peers
+            wait = min(check, retry) if short else check
+            retry = min(check, retry * 2) if short else 0.5
             self._wake_cascade = trio.Event()
-            with trio.move_on_after(check):
+            with trio.move_on_after(wait):
                 await self._wake_cascade.wait()
 
     async def run_cascade(self) -> None:
