@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from libp2p.crypto.keys import PrivateKey
 from libp2p.peer.envelope import Envelope, seal_record, unmarshal_envelope
@@ -38,6 +39,7 @@ __all__ = [
     "sign_record",
     "verify_many",
     "VerifiedRecordCache",
+    "RecordBatch",
 ]
 
 PEER_RECORD_DOMAIN = "libp2p-peer-record"
@@ -195,3 +197,87 @@ def verify_many(
         if prev is None or rec.seq > prev.seq:
             good[rec.peer_id] = rec
     return list(good.values()), rejected
+
+
+class RecordBatch:
+    """The signed records of one answer, verified one at a time as the caller needs them.
+
+    A joiner needs 7 of a bootstrap answer's 50 records to reach its minimum; checking all 50
+    before the first dial (~100 us each) puts 5 ms on the critical path of a ~50 ms join.
+    :meth:`next_good` verifies records in order until one passes and hands it out;
+    :meth:`finish` verifies the rest. Nothing leaves the batch unverified. Rejections are
+    counted in :attr:`rejected` as they are found, so the caller reports them once, at the
+    end. A peer appears at most once from :meth:`next_good`; :meth:`finish` returns every good
+    record not handed out yet (the highest seq per peer, like :func:`verify_many`).
+    """
+
+    __slots__ = ("_blobs", "_pos", "_check", "_max_addrs", "_local", "_given", "_held", "rejected", "skip")
+
+    def __init__(
+        self,
+        blobs: list[bytes],
+        *,
+        local_peer_id: ID | None = None,
+        max_addrs: int = MAX_ADDRS_PER_RECORD,
+        cache: VerifiedRecordCache | None = None,
+        skip: ID | None = None,
+    ) -> None:
+        self._blobs = list(blobs)
+        self._pos = 0
+        self._check = cache.verify if cache is not None else verify_record
+        self._max_addrs = max_addrs
+        self._local = local_peer_id
+        self._given: dict[ID, int] = {}  # peer id -> seq handed out by next_good
+        self._held: dict[ID, VerifiedRecord] = {}  # verified, not handed out yet
+        self.rejected: dict[RecordRejection, int] = {}
+        self.skip = skip  # a peer whose record is dropped silently (the responder itself)
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def shuffle(self, rng: Any) -> None:
+        """Randomise the order records are checked and handed out (before the first use)."""
+        rng.shuffle(self._blobs)
+
+    def _verify_next(self) -> VerifiedRecord | None:
+        blob = self._blobs[self._pos]
+        self._pos += 1
+        try:
+            rec: VerifiedRecord = self._check(blob, max_addrs=self._max_addrs, local_peer_id=self._local)
+        except RecordError as exc:
+            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+            return None
+        return None if rec.peer_id == self.skip else rec
+
+    def next_good(self) -> VerifiedRecord | None:
+        """The next record that verifies, from a peer not handed out before; None when done."""
+        while self._pos < len(self._blobs):
+            rec = self._verify_next()
+            if rec is None:
+                continue
+            if rec.peer_id in self._given:
+                if rec.seq > self._given[rec.peer_id]:
+                    self._keep(rec)  # a newer record of a peer already handed out
+                continue
+            self._held.pop(rec.peer_id, None)
+            self._given[rec.peer_id] = rec.seq
+            return rec
+        return None
+
+    def _keep(self, rec: VerifiedRecord) -> None:
+        prev = self._held.get(rec.peer_id)
+        if prev is None or rec.seq > prev.seq:
+            self._held[rec.peer_id] = rec
+
+    def finish(self) -> list[VerifiedRecord]:
+        """Verify whatever is left; return the good records :meth:`next_good` did not give."""
+        while self._pos < len(self._blobs):
+            rec = self._verify_next()
+            if rec is None:
+                continue
+            if rec.peer_id in self._given and rec.seq <= self._given[rec.peer_id]:
+                continue
+            self._keep(rec)
+        held = list(self._held.values())
+        self._held.clear()
+        return held

@@ -10,9 +10,10 @@ from libp2p.peer.envelope import Envelope, make_unsigned, unmarshal_envelope
 from libp2p.peer.peer_record import PeerRecord
 from multiaddr import Multiaddr
 
+from prozchain_discovery.addrs import scope_of
 from prozchain_discovery.config import BackoffConfig
 from prozchain_discovery.peerdb import PeerSource
-from prozchain_discovery.records import sign_record
+from prozchain_discovery.records import sign_record, verify_record
 from prozchain_discovery.wire.framing import encode_frame, encode_uvarint, read_frame
 from prozchain_discovery.wire.messages import (
     BOOTSTRAP_PROTOCOL,
@@ -45,7 +46,7 @@ async def test_bootstrap_gives_peers_and_stops_at_minimum():
         assert took < 3.0
         await trio.sleep(0.5)
         # The cascade stopped at the minimum (no outbound policy in this test).
-        assert 4 <= node.connected_count() <= 4 + 1, node.status()  # deficit + hedge
+        assert 4 <= node.connected_count() <= 4 + 1, node.status()  # deficit (+ a late dial's backup)
         sources = {cp.source for cp in node.connected.values()}
         assert sources == {PeerSource.BOOTSTRAP}
         assert node.metrics.get("records_accepted") >= 3
@@ -66,6 +67,49 @@ async def test_black_holed_bootstrap_does_not_delay_start():
         )
         took = await wait_until(lambda: node.joined_at is not None, timeout=4.0)
         assert took < 2.0, f"start-up waited {took:.2f} s for a black-holed bootstrap node"
+
+
+async def test_dials_run_exactly_the_deficit_when_none_is_late():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        peers = await net.ring(4)
+        node = await net.node(cfg(min_peers=8))
+        targets = [(p.local_id, [Multiaddr(addr_of(p))], PeerSource.BOOTSTRAP) for p in peers]
+        await node._dial_many(targets, until=2)
+        assert node.connected_count() == 2
+        assert node.metrics.get("dials") == 2  # no backup dial spent a handshake for nothing
+
+
+async def test_a_late_dial_gets_a_backup_instead_of_waiting_for_its_timeout():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        peers = await net.ring(2)
+        hole, hole_addr = black_hole()
+        stack.callback(hole.close)
+        node = await net.node(cfg(min_peers=8, dial_timeout=5.0))
+        ghost = identity(901)[1]
+        targets = [(ghost, [Multiaddr(hole_addr)], PeerSource.BOOTSTRAP)]
+        targets += [(p.local_id, [Multiaddr(addr_of(p))], PeerSource.BOOTSTRAP) for p in peers]
+        t0 = trio.current_time()
+        await node._dial_many(targets, until=2)
+        took = trio.current_time() - t0
+        assert node.connected_count() == 2
+        assert node.hedge_delay() <= took < 1.0, f"took {took:.2f} s (hedge after {node.hedge_delay():.2f} s)"
+        assert node.metrics.get("dials") == 3
+
+
+async def test_bootstrap_answers_carry_a_peers_newest_record():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        boot, (peer,) = await _network(net, 1)
+        caller = identity(902)[1]
+        scope = scope_of(Multiaddr("/ip4/127.0.0.1/tcp/1"))
+        first = dict(boot._bootstrap_candidates(caller, scope))[peer.local_id]
+        assert dict(boot._bootstrap_candidates(caller, scope))[peer.local_id] is first  # memoised
+        newer = sign_record(peer.local_id, [Multiaddr(addr_of(peer))], peer.host.get_private_key(),
+                            seq=verify_record(first).seq + 1)
+        assert boot.host.get_peerstore().consume_peer_record(unmarshal_envelope(newer), 60)
+        assert dict(boot._bootstrap_candidates(caller, scope))[peer.local_id] == newer
 
 
 async def test_cascade_order_dns_not_used_when_bootstrap_suffices():

@@ -10,8 +10,10 @@ from libp2p.peer.peer_record import PeerRecord
 from multiaddr import Multiaddr
 
 from prozchain_discovery.records import (
+    RecordBatch,
     RecordError,
     RecordRejection,
+    VerifiedRecordCache,
     sign_record,
     verify_many,
     verify_record,
@@ -133,3 +135,68 @@ def test_any_single_bit_flip_is_caught(pos, bit):
         return
     # A flip that still verifies can only be in non-signed framing bytes that decode the same.
     assert rec.peer_id == pid and rec.addrs == (ADDR,)
+
+
+# ---- RecordBatch: verified one at a time, on demand ---------------------------------------
+
+
+def _signed(i: int, seq: int = 1) -> bytes:
+    key, pid = identity(i)
+    return sign_record(pid, [Multiaddr(f"/ip4/198.51.100.{i}/tcp/4001")], key.private_key, seq=seq)
+
+
+def test_batch_verifies_only_what_is_taken():
+    cache = VerifiedRecordCache()
+    batch = RecordBatch([_signed(i) for i in range(10, 20)], cache=cache)
+    first = batch.next_good()
+    assert first is not None and first.peer_id == identity(10)[1]
+    assert cache.misses == 1  # one signature checked for one record handed out
+    rest = batch.finish()
+    assert cache.misses == 10
+    assert {r.peer_id for r in rest} == {identity(i)[1] for i in range(11, 20)}
+    assert batch.finish() == [] and batch.next_good() is None
+
+
+def test_batch_drops_and_counts_bad_records_without_losing_good_ones():
+    key, pid = identity(30)
+    tampered = unmarshal_envelope(_signed(31))
+    other = PeerRecord(tampered.record().peer_id, [Multiaddr("/ip4/6.6.6.6/tcp/1")], 9).marshal_record()
+    forged = Envelope(tampered.public_key, tampered.payload_type, other, tampered.signature).marshal_envelope()
+    blobs = [b"junk", forged, _signed(32), sign_record(pid, [ADDR], key.private_key), _signed(33)]
+    batch = RecordBatch(blobs, local_peer_id=pid)
+    got = batch.next_good()
+    assert got is not None and got.peer_id == identity(32)[1]  # junk and forgery skipped
+    assert batch.rejected == {RecordRejection.MALFORMED: 1, RecordRejection.BAD_SIGNATURE: 1}
+    rest = batch.finish()
+    assert [r.peer_id for r in rest] == [identity(33)[1]]
+    assert batch.rejected[RecordRejection.SELF] == 1
+
+
+def test_batch_hands_out_each_peer_once_and_keeps_a_newer_record():
+    blobs = [_signed(40, seq=1), _signed(40, seq=5), _signed(41), _signed(40, seq=3)]
+    batch = RecordBatch(blobs)
+    a = batch.next_good()
+    b = batch.next_good()
+    assert (a.peer_id, a.seq) == (identity(40)[1], 1)
+    assert b.peer_id == identity(41)[1]  # not peer 40 again
+    assert batch.next_good() is None
+    rest = batch.finish()
+    assert [(r.peer_id, r.seq) for r in rest] == [(identity(40)[1], 5)]  # the newest, once
+
+
+def test_batch_skips_the_responder_silently():
+    batch = RecordBatch([_signed(50), _signed(51)], skip=identity(50)[1])
+    assert [r.peer_id for r in batch.finish()] == [identity(51)[1]]
+    assert batch.rejected == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=60, max_value=66), max_size=12), st.integers(0, 12))
+def test_batch_gives_the_same_peers_as_verify_many(ids, taken):
+    blobs = [_signed(i) if i % 3 else b"\x00bad" + bytes([i]) for i in ids]
+    batch = RecordBatch(blobs)
+    out = [r for r in (batch.next_good() for _ in range(taken)) if r is not None]
+    out += batch.finish()
+    good, rejected = verify_many(blobs)
+    assert sorted(r.peer_id.to_bytes() for r in out) == sorted(r.peer_id.to_bytes() for r in good)
+    assert batch.rejected == rejected

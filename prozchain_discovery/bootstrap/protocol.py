@@ -13,7 +13,7 @@ import multiaddr
 from libp2p.peer.id import ID
 
 from ..addrs import AddressError, parse_multiaddr
-from ..records import RecordRejection, VerifiedRecord, VerifiedRecordCache, verify_many
+from ..records import RecordBatch, RecordRejection, VerifiedRecord, VerifiedRecordCache
 from ..wire.messages import BootstrapRequest, BootstrapResponse, BootstrapStatus, fit_records
 
 __all__ = ["BootstrapResponder", "BootstrapAnswer", "read_bootstrap_answer"]
@@ -61,6 +61,8 @@ class BootstrapAnswer:
     observed_addr: multiaddr.Multiaddr | None
     records: list[VerifiedRecord]
     rejected: dict[RecordRejection, int] = field(default_factory=dict)
+    # With ``lazy=True`` the records are not checked yet: they wait here (see RecordBatch).
+    batch: RecordBatch | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,18 +79,24 @@ def read_bootstrap_answer(
     local_peer_id: ID,
     responder: ID,
     cache: VerifiedRecordCache | None = None,
+    lazy: bool = False,
 ) -> BootstrapAnswer:
-    """Verify every record on its own; bad ones are dropped and counted, the rest kept."""
+    """Verify every record on its own; bad ones are dropped and counted, the rest kept.
+
+    With ``lazy`` nothing is verified yet: ``answer.batch`` hands records out one at a time,
+    each checked as it is taken (a joiner dials the first few while the rest wait).
+    The responder's own record is dropped (we know it already: identify brought it).
+    """
     observed: multiaddr.Multiaddr | None = None
     if response.observed_addr:
         try:
             observed = parse_multiaddr(response.observed_addr)
         except AddressError:
             observed = None
-    records, rejected = verify_many(response.signed_records, local_peer_id=local_peer_id, cache=cache)
-    kept = []
-    for rec in records:
-        if rec.peer_id == responder:
-            continue  # we know the responder already; its own record came with identify
-        kept.append(rec)
-    return BootstrapAnswer(response.status, response.network_id, observed, kept, rejected)
+    batch = RecordBatch(
+        list(response.signed_records), local_peer_id=local_peer_id, cache=cache, skip=responder
+    )
+    if lazy:
+        return BootstrapAnswer(response.status, response.network_id, observed, [], {}, batch)
+    records = batch.finish()
+    return BootstrapAnswer(response.status, response.network_id, observed, records, batch.rejected)
