@@ -33,6 +33,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
@@ -45,6 +46,7 @@ from .config import DiscoveryConfig
 from .metrics import Metrics
 from .peerdb import AsyncPeerStore, PeerDatabase, PeerDbConfig, PeerSource, open_or_reset
 from .pex.policy import PeerExchange, Verdict
+from .probe import ProbeError, probe_peer_id
 from .records import RecordBatch, RecordError, VerifiedRecord, VerifiedRecordCache, sign_record
 from .wire.messages import (
     BOOTSTRAP_PROTOCOL,
@@ -132,7 +134,10 @@ class DiscoveryService:
         self.local_id = host.get_id()
         self.metrics = Metrics()
         boot = self.config.bootstrap
-        self.backoff = DialBackoff(boot.backoff, self.rng, label=lambda k: str(ID(k)))  # type: ignore[arg-type]
+        # Keys: a peer id's bytes, or "probe <multiaddr>" for a DNS seed's bare address.
+        self.backoff = DialBackoff(
+            boot.backoff, self.rng, label=lambda k: k if isinstance(k, str) else str(ID(k))  # type: ignore[arg-type]
+        )
         self.dns_gate = DnsLookupGate(boot.dns_lookup_interval)
         self.dns = DnsSeedResolver(
             ResolverConfig(boot.dns.nameservers, boot.dns.port, boot.dns.timeout),
@@ -539,6 +544,7 @@ class DiscoveryService:
         nodes = [(p, a) for p, a in nodes if p not in self.wrong_network]
         if not nodes:
             return
+
         async def one(pid: ID, addr: multiaddr.Multiaddr) -> None:
             if not await self.dial(pid, [addr], PeerSource.BOOTSTRAP):
                 return
@@ -658,7 +664,7 @@ class DiscoveryService:
         results = await self.dns.resolve_all(list(seeds))
         targets: list[tuple[ID, list[multiaddr.Multiaddr], PeerSource]] = []
         by_peer: dict[ID, list[multiaddr.Multiaddr]] = {}
-        idless = 0
+        bare: list[multiaddr.Multiaddr] = []  # A/AAAA answers: no peer id yet
         for res in results:
             for err in res.errors:
                 log.warning("dns seed %s: %s", res.seed, err)
@@ -666,21 +672,52 @@ class DiscoveryService:
             for ma in res.addrs:
                 pid = peer_id_of(ma)
                 if pid is None:
-                    idless += 1
+                    bare.append(ma)
                     continue
                 by_peer.setdefault(pid, []).append(strip_p2p(ma))
-        if idless:
-            log.warning(
-                "dns seeds gave %d addresses without /p2p/<peer id>; libp2p needs the peer id "
-                "to dial: publish them as /dnsaddr TXT records (dnsaddr=/ip4/.../p2p/<id>)",
-                idless,
-            )
+        if bare:
+            for pid, addrs in (await self._probe_bare(bare)).items():
+                by_peer.setdefault(pid, []).extend(a for a in addrs if a not in by_peer.get(pid, ()))
         for pid, addrs in by_peer.items():
             self.db.add_addrs(pid, addrs, PeerSource.DNS, now)
             targets.append((pid, addrs, PeerSource.DNS))
         self.metrics.inc("dns_addrs", sum(len(a) for a in by_peer.values()))
         self.rng.shuffle(targets)
         await self._dial_many(targets, until=need)
+
+    async def _probe_bare(self, addrs: list[multiaddr.Multiaddr]) -> dict[ID, list[multiaddr.Multiaddr]]:
+        """Learn who listens at each bare address (a Noise handshake, see :mod:`.probe`)."""
+        found: dict[ID, list[multiaddr.Multiaddr]] = {}
+        limiter = trio.CapacityLimiter(self.config.bootstrap.max_parallel_dials)
+        key_pair = KeyPair(self.host.get_private_key(), self.host.get_public_key())
+
+        async def one(addr: multiaddr.Multiaddr) -> None:
+            key = f"probe {addr}"
+            if os.environ.get(LOOPBACK_ONLY_ENV) == "1" and scope_of(addr) is not AddrScope.LOOPBACK:
+                self.metrics.inc("dials_refused_loopback_only")
+                log.error("refusing to probe %s: %s is set", addr, LOOPBACK_ONLY_ENV)
+                return
+            if not self.backoff.allowed(key, self.now()):
+                return
+            async with limiter:
+                self.backoff.record_attempt(key, self.now())
+                self.metrics.inc("dns_probes")
+                try:
+                    pid = await probe_peer_id(key_pair, addr, self.config.bootstrap.dial_timeout)
+                except ProbeError as exc:
+                    self.backoff.record_failure(key, self.now(), str(exc))
+                    self.metrics.inc("dns_probe_failures", kind=exc.kind)
+                    log.info("dns seed address %s: no libp2p peer answered (%s)", addr, exc)
+                    return
+            self.backoff.record_success(key, self.now())
+            if pid != self.local_id:
+                log.info("dns seed address %s is peer %s (learned by handshake)", addr, pid)
+                found.setdefault(pid, []).append(addr)
+
+        async with trio.open_nursery() as nursery:
+            for addr in addrs:
+                nursery.start_soon(one, addr)
+        return found
 
     async def _phase_mdns(self, need: int) -> None:
         if not self.config.bootstrap.enable_local_discovery:

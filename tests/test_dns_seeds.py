@@ -169,3 +169,31 @@ async def test_cascade_uses_dns_when_bootstrap_nodes_fail_and_respects_interval(
             await trio.sleep(1.0)
             assert node.metrics.get("dns_lookups") == 0
             assert node.dns_gate.next_allowed(node.now()) > 3000
+
+
+async def test_cascade_learns_peer_ids_behind_plain_a_records(tmp_path):
+    """A Bitcoin-style seed (A records, no peer ids): each address is probed with a Noise
+    handshake that reveals who listens there, then dialed as usual."""
+    from contextlib import AsyncExitStack
+
+    from multiaddr import Multiaddr
+
+    from prozchain_discovery.config import DnsConfig
+    from prozchain_discovery.peerdb import PeerSource
+    from tests.netutil import Net, addr_of, cfg, closed_port, wait_until
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        peers = [await net.node(cfg(min_peers=1)) for _ in range(3)]
+        ports = [Multiaddr(addr_of(p)).value_for_protocol("tcp") for p in peers]
+        dead_port = Multiaddr(closed_port()).value_for_protocol("tcp")
+        hosts = [(f"seed{i}.test", "127.0.0.1") for i in range(4)]
+        port = stack.enter_context(dnsmasq(tmp_path, hosts=hosts))
+        seeds = tuple(f"seed{i}.test:{p}" for i, p in enumerate([*ports, dead_port]))
+        node = await net.node(cfg(dns_seeds=seeds, min_peers=3, dns=DnsConfig(("127.0.0.1",), port, 2.0)))
+        await wait_until(lambda: node.joined_at is not None, timeout=10)
+        assert set(node.connected) == {p.local_id for p in peers}
+        assert {cp.source for cp in node.connected.values()} == {PeerSource.DNS}
+        assert node.metrics.get("dns_probes") == 4
+        assert node.metrics.get("dns_probe_failures", kind="connect") == 1
+        assert all(p.local_id in node.db for p in peers)  # the book keeps them for next time

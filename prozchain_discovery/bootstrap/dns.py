@@ -8,7 +8,8 @@ A seed is one of:
   ``/dnsaddr/<domain>/p2p/<id>`` keeps only entries for that peer id.
 * ``/dns/<name>/...``, ``/dns4/...``, ``/dns6/...`` — A/AAAA, keeping the rest of the multiaddr.
 * ``host.name`` or ``host.name:port`` — A and AAAA records combined with the port (default
-  ``default_port``). These carry no peer id; the caller decides what to do with them.
+  ``default_port``). These carry no peer id; the service learns it with a Noise handshake
+  (:mod:`prozchain_discovery.probe`) before dialing.
 
 Failures (NXDOMAIN, timeout, no answer, junk TXT) never raise out of :meth:`resolve`: they are
 returned as :class:`DnsSeedError` entries beside whatever was found.
