@@ -26,7 +26,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord, timestamp_seq
 from multiaddr import Multiaddr
 
-from .addrs import AddrScope, scope_of, strip_p2p
+from .addrs import AddrScope, strip_p2p, transport_and_scope
 
 __all__ = [
     "PEER_RECORD_DOMAIN",
@@ -120,8 +120,7 @@ def verify_record(
     addrs: list[Multiaddr] = []
     for addr in record.addrs:
         try:
-            transport = strip_p2p(addr)
-            scope = scope_of(transport)
+            transport, scope = transport_and_scope(addr)
         except Exception as exc:
             raise RecordError(RecordRejection.BAD_ADDRESS, str(exc)[:120]) from exc
         if scope is AddrScope.UNSPECIFIED:
