@@ -437,6 +437,8 @@ class DiscoveryService:
                     late = sum(1 for t in started.values() if now - t >= delay)
                     cap = min(limit, until - len(self.connected) + late)
                 if len(started) < cap:
+                    if until is not None and len(started) >= until - len(self.connected):
+                        self.metrics.inc("dial_hedges")  # a backup beside a late dial
                     token += 1
                     started[token] = now
                     nursery.start_soon(one, token, *nxt)

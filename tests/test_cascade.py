@@ -78,6 +78,7 @@ async def test_dials_run_exactly_the_deficit_when_none_is_late():
         await node._dial_many(targets, until=2)
         assert node.connected_count() == 2
         assert node.metrics.get("dials") == 2  # no backup dial spent a handshake for nothing
+        assert node.metrics.get("dial_hedges") == 0
 
 
 async def test_a_late_dial_gets_a_backup_instead_of_waiting_for_its_timeout():
@@ -96,6 +97,7 @@ async def test_a_late_dial_gets_a_backup_instead_of_waiting_for_its_timeout():
         assert node.connected_count() == 2
         assert node.hedge_delay() <= took < 1.0, f"took {took:.2f} s (hedge after {node.hedge_delay():.2f} s)"
         assert node.metrics.get("dials") == 3
+        assert node.metrics.get("dial_hedges") == 1
 
 
 async def test_bootstrap_answers_carry_a_peers_newest_record():
