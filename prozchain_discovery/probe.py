@@ -28,7 +28,11 @@ __all__ = ["ProbeError", "probe_peer_id"]
 
 
 class ProbeError(Exception):
-    """Nobody answered as a libp2p peer at that address (``kind``: address, connect, handshake)."""
+    """Nobody answered as a libp2p peer at that address.
+
+    ``kind``: address (not ip/tcp), connect (refused, unreachable), handshake (not libp2p
+    Noise), timeout (no answer in time: a black hole or a silent listener).
+    """
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
@@ -63,4 +67,4 @@ async def probe_peer_id(key_pair: KeyPair, addr: multiaddr.Multiaddr, timeout: f
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await tcp.aclose()
-    raise ProbeError("handshake", f"{addr}: no answer within {timeout:g}s ({scope})")
+    raise ProbeError("timeout", f"{addr}: no answer within {timeout:g}s ({scope})")

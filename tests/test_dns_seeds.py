@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from functools import partial
 
 import pytest
 import trio
@@ -197,3 +198,33 @@ async def test_cascade_learns_peer_ids_behind_plain_a_records(tmp_path):
         assert node.metrics.get("dns_probes") == 4
         assert node.metrics.get("dns_probe_failures", kind="connect") == 1
         assert all(p.local_id in node.db for p in peers)  # the book keeps them for next time
+
+
+async def test_probe_errors_are_typed():
+    from multiaddr import Multiaddr
+
+    from prozchain_discovery.probe import ProbeError, probe_peer_id
+    from tests.netutil import black_hole, closed_port
+
+    key = identity(710)[0]
+    hole, hole_addr = black_hole()
+    try:
+        for addr, kind in [(closed_port(), "connect"), (hole_addr, "timeout"),
+                           ("/dns4/x.test/tcp/1", "address")]:
+            with pytest.raises(ProbeError) as info:
+                await probe_peer_id(key, Multiaddr(addr), timeout=0.3)
+            assert info.value.kind == kind, (addr, info.value)
+    finally:
+        hole.close()
+
+    async def not_libp2p(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"220 smtp.example ESMTP\r\n")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(partial(trio.serve_tcp, not_libp2p, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        with pytest.raises(ProbeError) as info:
+            await probe_peer_id(key, Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"), timeout=2.0)
+        assert info.value.kind == "handshake"
+        nursery.cancel_scope.cancel()
