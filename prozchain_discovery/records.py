@@ -183,19 +183,8 @@ def verify_many(
 
     Duplicates of one peer in the same answer keep only the highest seq.
     """
-    good: dict[ID, VerifiedRecord] = {}
-    rejected: dict[RecordRejection, int] = {}
-    check = cache.verify if cache is not None else verify_record
-    for blob in blobs:
-        try:
-            rec = check(blob, max_addrs=max_addrs, local_peer_id=local_peer_id)
-        except RecordError as exc:
-            rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
-            continue
-        prev = good.get(rec.peer_id)
-        if prev is None or rec.seq > prev.seq:
-            good[rec.peer_id] = rec
-    return list(good.values()), rejected
+    batch = RecordBatch(blobs, local_peer_id=local_peer_id, max_addrs=max_addrs, cache=cache)
+    return batch.finish(), batch.rejected
 
 
 class RecordBatch:
@@ -207,7 +196,7 @@ class RecordBatch:
     :meth:`finish` verifies the rest. Nothing leaves the batch unverified. Rejections are
     counted in :attr:`rejected` as they are found, so the caller reports them once, at the
     end. A peer appears at most once from :meth:`next_good`; :meth:`finish` returns every good
-    record not handed out yet (the highest seq per peer, like :func:`verify_many`).
+    record not handed out yet (the highest seq per peer).
     """
 
     __slots__ = ("_blobs", "_pos", "_check", "_max_addrs", "_local", "_given", "_held", "rejected", "skip")
@@ -230,9 +219,6 @@ class RecordBatch:
         self._held: dict[ID, VerifiedRecord] = {}  # verified, not handed out yet
         self.rejected: dict[RecordRejection, int] = {}
         self.skip = skip  # a peer whose record is dropped silently (the responder itself)
-
-    def __len__(self) -> int:
-        return len(self._blobs)
 
     def shuffle(self, rng: Any) -> None:
         """Randomise the order records are checked and handed out (before the first use)."""
@@ -258,7 +244,6 @@ class RecordBatch:
                 if rec.seq > self._given[rec.peer_id]:
                     self._keep(rec)  # a newer record of a peer already handed out
                 continue
-            self._held.pop(rec.peer_id, None)
             self._given[rec.peer_id] = rec.seq
             return rec
         return None

@@ -346,9 +346,7 @@ class DiscoveryService:
         now = self.now()
         if not self.backoff.allowed(key, now):
             return False
-        if os.environ.get(LOOPBACK_ONLY_ENV) == "1" and not all(scope_of(a) is AddrScope.LOOPBACK for a in addr_list):
-            self.metrics.inc("dials_refused_loopback_only")
-            log.error("refusing to dial %s at %s: PROZCHAIN_DIAL_LOOPBACK_ONLY is set", peer_id, addr_list)
+        if self._refuse_off_host(addr_list, f"dial {peer_id}"):
             return False
         self._learned.setdefault(peer_id, source)
         if addr_list:
@@ -389,6 +387,14 @@ class DiscoveryService:
             self.db.add_addrs(peer_id, addr_list, source, now)
         if peer_id in self.db:
             self.db.mark_success(peer_id, now)
+        return True
+
+    def _refuse_off_host(self, addrs: list[multiaddr.Multiaddr], what: str) -> bool:
+        """True (and logged) when the loopback-only guard forbids contacting ``addrs``."""
+        if os.environ.get(LOOPBACK_ONLY_ENV) != "1" or all(scope_of(a) is AddrScope.LOOPBACK for a in addrs):
+            return False
+        self.metrics.inc("dials_refused_loopback_only")
+        log.error("refusing to %s at %s: %s is set", what, addrs, LOOPBACK_ONLY_ENV)
         return True
 
     async def _dial_many(
@@ -679,7 +685,8 @@ class DiscoveryService:
                 by_peer.setdefault(pid, []).append(strip_p2p(ma))
         if bare:
             for pid, addrs in (await self._probe_bare(bare)).items():
-                by_peer.setdefault(pid, []).extend(a for a in addrs if a not in by_peer.get(pid, ()))
+                known = by_peer.setdefault(pid, [])
+                known += [a for a in addrs if a not in known]
         for pid, addrs in by_peer.items():
             self.db.add_addrs(pid, addrs, PeerSource.DNS, now)
             targets.append((pid, addrs, PeerSource.DNS))
@@ -695,9 +702,7 @@ class DiscoveryService:
 
         async def one(addr: multiaddr.Multiaddr) -> None:
             key = f"probe {addr}"
-            if os.environ.get(LOOPBACK_ONLY_ENV) == "1" and scope_of(addr) is not AddrScope.LOOPBACK:
-                self.metrics.inc("dials_refused_loopback_only")
-                log.error("refusing to probe %s: %s is set", addr, LOOPBACK_ONLY_ENV)
+            if self._refuse_off_host([addr], "probe"):
                 return
             if not self.backoff.allowed(key, self.now()):
                 return

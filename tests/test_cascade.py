@@ -304,3 +304,7 @@ async def test_loopback_only_guard_refuses_off_host_dials():
         node = await Net(stack).node(cfg(min_peers=1))
         ok = await node.dial(identity(990)[1], [Multiaddr("/ip4/192.0.2.10/tcp/4001")], PeerSource.PEX)
         assert not ok and node.metrics.get("dials_refused_loopback_only") == 1
+        # A DNS seed's bare address is not even probed.
+        assert await node._probe_bare([Multiaddr("/ip4/192.0.2.11/tcp/4001")]) == {}
+        assert node.metrics.get("dials_refused_loopback_only") == 2
+        assert node.metrics.get("dns_probes") == 0
