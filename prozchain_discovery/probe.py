@@ -7,7 +7,8 @@ know its responder (py-libp2p 0.8.1 allows ``remote_peer=None``): the responder 
 identity key in message 2, which is all we need. The connection is then closed and the caller
 dials the peer as usual. This is trust on first use, exactly as much as the DNS answer itself
 deserves; the peer still has to pass the network-id check of ``/prozchain/bootstrap/1.0``.
-A probe costs one handshake (~4 ms of CPU) more than a dial with a known id.
+A probe costs one Noise handshake (2.9 ms on loopback, both ends) more than a dial with a
+known id.
 """
 
 from __future__ import annotations
