@@ -1,43 +1,192 @@
-"""Counters and gauges for what discovery did, exportable as a dict or Prometheus text."""
+"""What discovery did, as Prometheus metrics (``prometheus_client``) and as a dict for status.
+
+Every :class:`Metrics` has its own ``CollectorRegistry`` (tests, the demo and the benchmarks run
+many nodes in one process). Counters are made on first use with the label names of that call
+and exported as ``prozchain_discovery_<name>_total``; histograms (:meth:`observe`) hold latencies
+in seconds. :func:`serve_metrics` answers ``GET /metrics`` from a task in the caller's nursery
+(``prozchain-discovery node --metrics-listen 127.0.0.1:9464``), as kubo and go-libp2p expose theirs.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+import logging
+import math
+from typing import Any
 
-__all__ = ["Metrics"]
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "serve_metrics", "parse_listen", "PREFIX"]
+
+log = logging.getLogger("prozchain_discovery.metrics")
+
+PREFIX = "prozchain_discovery_"
+# From a loopback dial (~5 ms) to a dial timeout on a bad path (10 s).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+HELP = {
+    "dials": "Outbound dials started, by source of the address",
+    "dial_failures": "Outbound dials that failed or timed out, by source",
+    "dial_hedges": "Backup dials started beside a late dial",
+    "dials_refused_loopback_only": "Dials refused by the address filter",
+    "records_accepted": "Signed peer records stored in the peer book, by route",
+    "records_rejected": "Signed peer records refused, by reason and route",
+    "pex_requests_sent": "PEX requests sent",
+    "pex_requests_failed": "PEX requests that failed (stream, timeout, decode)",
+    "pex_requests_served": "PEX requests answered, by verdict",
+    "bootstrap_requests_sent": "Bootstrap handshakes completed as a caller",
+    "bootstrap_requests_failed": "Bootstrap handshakes that failed as a caller",
+    "bootstrap_requests_served": "Bootstrap requests answered, by status",
+    "wrong_network": "Peers found on another network id",
+    "bad_requests": "Inbound requests dropped (framing, decode, timeout, stream)",
+    "bans": "Peers banned for abuse, by reason",
+    "refused_banned": "Inbound streams refused because the peer or its IP is banned",
+    "peerdb_flush_failures": "Peer database flushes that failed (changes kept for the retry)",
+    "dial_seconds": "Time to a connected, secured, multiplexed outbound connection",
+    "join_seconds": "Time from start to min_peers_for_startup connected peers",
+    "pex_round_trip_seconds": "PEX request to verified-free response, on an open connection",
+    "bootstrap_round_trip_seconds": "Bootstrap request to response, on an open connection",
+}
 
 
 class Metrics:
-    """Named counters with optional labels: ``inc("pex_records_rejected", reason="bad_signature")``."""
+    """Named counters, gauges and histograms with optional labels.
+
+    ``inc("records_rejected", 3, reason="bad_signature", via="pex")``; all calls for one name
+    must use the same label names (Prometheus requires it; a mismatch is a ValueError).
+    """
 
     def __init__(self) -> None:
-        self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-        self._gauges: dict[str, float] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._counters: dict[str, tuple[Counter, tuple[str, ...]]] = {}
+        self._gauges: dict[str, tuple[Gauge, tuple[str, ...]]] = {}
+        self._histograms: dict[str, tuple[Histogram, tuple[str, ...]]] = {}
+        # The same numbers for status.json and tests: (name, sorted labels) -> value.
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._gauge_values: dict[str, float] = {}
+
+    @staticmethod
+    def _labels(name: str, known: tuple[str, ...] | None, labels: dict[str, str]) -> tuple[str, ...]:
+        names = tuple(sorted(labels))
+        if known is not None and known != names:
+            raise ValueError(f"metric {name!r} was first used with labels {known}, now with {names}")
+        return names
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        self._counters[(name, tuple(sorted(labels.items())))] += amount
+        entry = self._counters.get(name)
+        names = self._labels(name, entry[1] if entry else None, labels)
+        if entry is None:
+            counter = Counter(name, HELP.get(name, name.replace("_", " ")), names,
+                              namespace=PREFIX.rstrip("_"), registry=self.registry)
+            entry = self._counters[name] = (counter, names)
+        metric = entry[0].labels(**labels) if names else entry[0]
+        metric.inc(amount)
+        key = (name, tuple(sorted(labels.items())))
+        self._values[key] = self._values.get(key, 0) + amount
 
-    def set_gauge(self, name: str, value: float) -> None:
-        self._gauges[name] = value
+    def set_gauge(self, name: str, value: float, **labels: str) -> None:
+        entry = self._gauges.get(name)
+        names = self._labels(name, entry[1] if entry else None, labels)
+        if entry is None:
+            gauge = Gauge(name, HELP.get(name, name.replace("_", " ")), names,
+                          namespace=PREFIX.rstrip("_"), registry=self.registry)
+            entry = self._gauges[name] = (gauge, names)
+        (entry[0].labels(**labels) if names else entry[0]).set(value)
+        key = name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}" if labels else "")
+        self._gauge_values[key] = value
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        """One latency sample, in seconds (non-finite samples are dropped)."""
+        if not math.isfinite(seconds):
+            return
+        entry = self._histograms.get(name)
+        names = self._labels(name, entry[1] if entry else None, labels)
+        if entry is None:
+            hist = Histogram(name, HELP.get(name, name.replace("_", " ")), names,
+                             namespace=PREFIX.rstrip("_"), registry=self.registry, buckets=LATENCY_BUCKETS)
+            entry = self._histograms[name] = (hist, names)
+        (entry[0].labels(**labels) if names else entry[0]).observe(seconds)
+        for suffix, value in (("_count", 1.0), ("_sum", seconds)):
+            key = (name + suffix, tuple(sorted(labels.items())))
+            self._values[key] = self._values.get(key, 0) + value
 
     def get(self, name: str, **labels: str) -> int:
+        """A counter's value for ``labels``, or its sum over all labels when none are given."""
         if labels:
-            return self._counters[(name, tuple(sorted(labels.items())))]
-        return sum(v for (n, _), v in self._counters.items() if n == name)
+            return int(self._values.get((name, tuple(sorted(labels.items()))), 0))
+        return int(sum(v for (n, _), v in self._values.items() if n == name))
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}
-        for (name, labels), value in sorted(self._counters.items()):
+        for (name, labels), value in sorted(self._values.items()):
             key = name + ("{" + ",".join(f"{k}={v}" for k, v in labels) + "}" if labels else "")
-            out[key] = value
-        out.update(self._gauges)
+            out[key] = round(value, 6) if isinstance(value, float) and not value.is_integer() else int(value)
+        out.update(self._gauge_values)
         return out
 
-    def prometheus(self, prefix: str = "prozchain_discovery_") -> str:
-        lines = []
-        for (name, labels), value in sorted(self._counters.items()):
-            lab = ",".join(f'{k}="{v}"' for k, v in labels)
-            lines.append(f"{prefix}{name}_total{{{lab}}} {value}" if lab else f"{prefix}{name}_total {value}")
-        for name, gauge in sorted(self._gauges.items()):
-            lines.append(f"{prefix}{name} {gauge}")
-        return "\n".join(lines) + "\n"
+    def prometheus(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9464`` or ``[::1]:9464`` → (host, port); ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: {port!r} is not a port (1-65535)")
+    return host, int(port)
+
+
+MAX_REQUEST = 8192
+REQUEST_TIMEOUT = 5.0
+
+
+async def serve_metrics(
+    metrics: Metrics, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``GET /metrics`` on ``host:port`` until cancelled; ``task_status`` gets the port.
+
+    A request is read with a size limit and a timeout, answered, and the connection closed. A
+    bind failure raises OSError naming the address.
+    """
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("metrics at http://%s:%d/metrics", host if ":" not in host else f"[{host}]", bound)
+    task_status.started(bound)
+    await trio.serve_listeners(lambda s: _answer(metrics, s), listeners)
+
+
+async def _answer(metrics: Metrics, stream: trio.SocketStream) -> None:
+    try:
+        data = b""
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            while b"\r\n\r\n" not in data and len(data) <= MAX_REQUEST:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                data += chunk
+        if b"\r\n\r\n" not in data or len(data) > MAX_REQUEST:
+            return
+        line = data.split(b"\r\n", 1)[0].split()
+        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+            body = metrics.prometheus().encode()
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+        else:
+            body = b"not found: try /metrics\n"
+            head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            await stream.send_all(head.encode() + body)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return
+    finally:
+        await stream.aclose()
