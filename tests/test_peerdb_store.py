@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 from multiaddr import Multiaddr
 
 from prozchain_discovery.peerdb import (
@@ -97,13 +98,11 @@ def test_private_key_is_never_stored(tmp_path):
 def test_corrupt_file_moved_aside(tmp_path, content):
     path = tmp_path / "peers.sqlite"
     path.write_bytes(content)
-    if content:
-        with pytest.raises(PeerStoreCorrupt, match="peers.sqlite"):
-            PeerStore(path)
+    with pytest.raises(PeerStoreCorrupt, match="peers.sqlite"):
+        PeerStore(path)
     store, warning = open_or_reset(path)
-    if content:
-        assert warning and "moved it to" in warning
-        assert any(p.name.startswith("peers.sqlite.corrupt-") for p in tmp_path.iterdir())
+    assert warning and "moved it to" in warning  # an empty file too: never a silent reset
+    assert any(p.name.startswith("peers.sqlite.corrupt-") for p in tmp_path.iterdir())
     assert store.count() == 0
     store.close()
 
@@ -175,3 +174,99 @@ async def test_async_store_off_the_loop(tmp_path):
     store = AsyncPeerStore(PeerStore(tmp_path / "a.sqlite"))
     assert await store.load(again) == n
     await store.close()
+
+
+def test_garbage_row_values_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "peers.sqlite"
+    db = _filled(20)
+    n = len(db)
+    store = PeerStore(path)
+    store.save_changes(db)
+    store.close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE peers SET first_seen = 'yesterday' WHERE pid IN (SELECT pid FROM peers LIMIT 2)")
+    con.execute("UPDATE peers SET source = 'carrier-pigeon' WHERE pid = (SELECT pid FROM peers LIMIT 1 OFFSET 5)")
+    con.commit()
+    con.close()
+    store = PeerStore(path)
+    again = PeerDatabase(rng=random.Random(1))
+    assert store.load(again) == n - 3
+    assert store.skipped == 3
+    again.check()
+
+
+def _read_only(store: PeerStore) -> None:
+    """Make writes fail the way a read-only or full file does, even for root."""
+    store._db.execute("PRAGMA query_only = ON")  # noqa: SLF001 - the failure is the test
+
+
+def test_a_failed_write_loses_no_change(tmp_path):
+    from prozchain_discovery.peerdb import StoreWriteError
+
+    path = tmp_path / "peers.sqlite"
+    db = _filled(30)
+    store = PeerStore(path)
+    store.save_changes(db)
+    # Changes after the last good write: an update, a deletion, a deletion then re-add.
+    key, pid = identity(1)
+    db.mark_failure(pid, 30.0)
+    gone = identity(3)[1]
+    db.remove(gone)
+    back = identity(7)[1]
+    db.remove(back)
+    db.add_addrs(back, [Multiaddr("/ip4/9.9.9.9/tcp/9")], PeerSource.DNS, 31.0)
+    _read_only(store)
+    with pytest.raises(StoreWriteError, match="peers.sqlite"):
+        store.save_changes(db)
+    assert db.dirty and db.deleted  # still queued
+    newer = identity(11)[1]
+    db.mark_failure(newer, 40.0)  # a change made while the disk was failing
+    store._db.execute("PRAGMA query_only = OFF")  # noqa: SLF001 - the disk is back
+    store.save_changes(db)
+    store.close()
+    again = PeerDatabase(rng=random.Random(1))
+    PeerStore(path).load(again)
+    assert _snapshot(again) == _snapshot(db)
+
+
+async def test_async_store_keeps_changes_queued_when_the_disk_is_full(tmp_path):
+    """A real full disk: a 256 KiB tmpfs (root only, as in CI)."""
+    import shutil
+
+    from prozchain_discovery.peerdb import StoreWriteError
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a tiny tmpfs (CI runs as root)")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)]
+    if (await trio.run_process(mount, check=False)).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        db = _filled(10)
+        store = AsyncPeerStore(PeerStore(mnt / "peers.sqlite"))
+        await store.save_changes(db)
+        filler = mnt / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"x" * 4096):
+                pass
+        except OSError:
+            pass  # the disk is full
+        finally:
+            os.close(fd)
+        big = _filled(250)
+        for e in big.entries():
+            if not db.has_pid(e.pid):
+                db.add_addrs(e.peer_id, list(e.addrs), PeerSource.PEX, 50.0)
+        with pytest.raises(StoreWriteError):
+            await store.save_changes(db)
+        queued = len(db.dirty)
+        assert queued > 0
+        filler.unlink()
+        assert await store.save_changes(db) >= queued
+        await store.close()
+        again = PeerDatabase(rng=random.Random(1))
+        assert PeerStore(mnt / "peers.sqlite").load(again) == len(db)
+    finally:
+        await trio.run_process(["umount", "-l", str(mnt)], check=False)

@@ -1,7 +1,14 @@
 """The peer database: an addrman-style new/tried table (``core``) and its sqlite store (``store``)."""
 
 from .core import PeerDatabase, PeerDbConfig, PeerDbInvariantError, PeerEntry, PeerSource
-from .store import AsyncPeerStore, PeerStore, PeerStoreCorrupt, open_or_reset
+from .store import (
+    AsyncPeerStore,
+    FlushSchedule,
+    PeerStore,
+    PeerStoreCorrupt,
+    StoreWriteError,
+    open_or_reset,
+)
 
 __all__ = [
     "PeerDatabase",
@@ -13,4 +20,6 @@ __all__ = [
     "PeerStore",
     "PeerStoreCorrupt",
     "open_or_reset",
+    "FlushSchedule",
+    "StoreWriteError",
 ]

@@ -511,6 +511,10 @@ class PeerDatabase:
     def __contains__(self, peer_id: object) -> bool:
         return isinstance(peer_id, ID) and peer_id.to_bytes() in self._entries
 
+    def has_pid(self, pid: bytes) -> bool:
+        """``__contains__`` for a peer id's bytes (as the store and change sets hold them)."""
+        return pid in self._entries
+
     def entries(self) -> Iterator[PeerEntry]:
         return iter(list(self._entries.values()))
 

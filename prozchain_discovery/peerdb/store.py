@@ -8,9 +8,15 @@ peerstore writes it in clear; we do not use that store).
 Times: the database core keeps the caller's clock (trio's monotonic clock); rows hold wall-clock
 seconds. :class:`AsyncPeerStore` converts with ``offset = time.time() - trio.current_time()``.
 
-A file that is not ours or is corrupt raises :class:`PeerStoreCorrupt`; :func:`open_or_reset`
-moves such a file aside (``<path>.corrupt-<unix time>``) and starts an empty book, returning a
-warning that names both paths.
+A file that is not ours or is corrupt — an empty (0-byte) file included — raises
+:class:`PeerStoreCorrupt`; :func:`open_or_reset` moves such a file aside
+(``<path>.corrupt-<unix time>``) and starts an empty book, returning a warning that names both
+paths. Rows whose values do not make an entry are skipped and counted (``skipped``).
+
+A write that fails (read-only file, full disk, I/O error) loses nothing: the changes it carried
+are put back in the database's change set, so the next save writes them with whatever changed
+since, and :class:`StoreWriteError` says which file and why. :class:`FlushSchedule` is when to
+try again (sans-IO).
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ import trio
 
 from .core import PeerDatabase, PeerEntry, PeerSource
 
-__all__ = ["PeerStore", "AsyncPeerStore", "PeerStoreCorrupt", "open_or_reset", "SCHEMA"]
+__all__ = [
+    "PeerStore",
+    "AsyncPeerStore",
+    "PeerStoreCorrupt",
+    "StoreWriteError",
+    "FlushSchedule",
+    "open_or_reset",
+    "SCHEMA",
+]
 
 SCHEMA = "prozchain-peerdb/1"
 
@@ -61,6 +75,48 @@ class PeerStoreCorrupt(RuntimeError):
     def __init__(self, path: str, detail: str) -> None:
         super().__init__(f"{path}: {detail}")
         self.path = path
+
+
+class StoreWriteError(RuntimeError):
+    """A write failed; the changes are still queued in the database for the next save."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"cannot write peer database {path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class FlushSchedule:
+    """When the next flush is due: every ``interval``; after failures, backing off to 5 min."""
+
+    CAP = 300.0
+
+    def __init__(self, interval: float, now: float = 0.0) -> None:
+        self.interval = interval
+        self._next = now + interval
+        self.failures = 0  # consecutive
+        self.total_failures = 0
+        self.last_error = ""
+
+    def next_deadline(self) -> float:
+        return self._next
+
+    def on_success(self, now: float) -> None:
+        self._next = now + self.interval
+        self.failures = 0
+        self.last_error = ""
+
+    def on_failure(self, now: float, error: str) -> float:
+        """Returns the delay until the retry."""
+        self.failures += 1
+        self.total_failures += 1
+        self.last_error = error[:200]
+        delay = min(self.CAP, self.interval * 2 ** self.failures)
+        self._next = now + delay
+        return delay
+
+    def status(self) -> dict[str, object]:
+        return {"failing": self.failures > 0, "failures": self.total_failures, "last_error": self.last_error}
 
 
 def _pack_addrs(addrs: Iterable[bytes]) -> bytes:
@@ -117,7 +173,10 @@ class PeerStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
+        self.skipped = 0  # rows of the last load that did not make an entry
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+            raise PeerStoreCorrupt(self.path, "an empty (0-byte) file, not a database")
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
@@ -179,12 +238,21 @@ class PeerStore:
     # ---- whole-database helpers (sync callers: tests, benches) ----------------------------
     def load(self, db: PeerDatabase, offset: float = 0.0) -> int:
         key, anchors, rows = self.read_rows()
-        return apply_loaded(db, key, anchors, rows, offset)
+        loaded, self.skipped = apply_loaded(db, key, anchors, rows, offset)
+        return loaded
 
     def save_changes(self, db: PeerDatabase, offset: float = 0.0) -> int:
         rows, deleted, meta = collect_changes(db, offset)
-        self.write(rows, deleted, meta)
+        self.write_or_requeue(db, rows, deleted, meta)
         return len(rows) + len(deleted)
+
+    def write_or_requeue(self, db: PeerDatabase, rows: list[Row], deleted: list[bytes], meta: dict[str, bytes]) -> None:
+        """:meth:`write`; on failure the changes go back to ``db`` and StoreWriteError is raised."""
+        try:
+            self.write(rows, deleted, meta)
+        except (sqlite3.Error, OSError) as exc:
+            requeue_changes(db, rows, deleted, meta)
+            raise StoreWriteError(self.path, str(exc)) from exc
 
     def close(self) -> None:
         self._db.close()
@@ -202,23 +270,45 @@ def collect_changes(db: PeerDatabase, offset: float) -> tuple[list[Row], list[by
     return rows, deleted, meta
 
 
-def apply_loaded(db: PeerDatabase, key: bytes | None, anchors: list[bytes], rows: list[Row], offset: float) -> int:
-    """Rebuild ``db`` from stored rows. The stored bucketing key is reused so placements match."""
+def requeue_changes(db: PeerDatabase, rows: list[Row], deleted: list[bytes], meta: dict[str, bytes]) -> None:
+    """Put changes a failed write carried back into ``db``'s change set.
+
+    Changed entries are marked dirty again (the next save writes their *current* state, so a
+    newer change wins); a deleted id is deleted again unless it came back since, in which case
+    its new entry is written instead.
+    """
+    for row in rows:
+        db.dirty.add(row[0])
+    for pid in deleted:
+        if db.has_pid(pid):
+            db.dirty.add(pid)
+        else:
+            db.deleted.add(pid)
+    if meta:
+        db.meta_dirty = True
+
+
+def apply_loaded(
+    db: PeerDatabase, key: bytes | None, anchors: list[bytes], rows: list[Row], offset: float
+) -> tuple[int, int]:
+    """Rebuild ``db`` from stored rows; returns (loaded, skipped). The stored bucketing key is
+    reused so placements match; a row whose values do not make an entry is skipped."""
     if key is not None and len(key) == 32:
         db.key = key
         db.meta_dirty = False
     else:
         db.meta_dirty = True
-    loaded = 0
+    loaded = skipped = 0
     for row in rows:
         try:
             e = row_entry(row, offset)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+            skipped += 1
             continue
         if db.restore(e):
             loaded += 1
     db.set_anchor_ids(anchors)
-    return loaded
+    return loaded, skipped
 
 
 def open_or_reset(path: str | os.PathLike[str]) -> tuple[PeerStore, str | None]:
@@ -246,17 +336,34 @@ class AsyncPeerStore:
     def offset() -> float:
         return time.time() - trio.current_time()
 
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    @property
+    def skipped(self) -> int:
+        return self.store.skipped
+
     async def load(self, db: PeerDatabase) -> int:
         async with self._lock:
             key, anchors, rows = await trio.to_thread.run_sync(self._locked, self.store.read_rows)
-        return apply_loaded(db, key, anchors, rows, self.offset())
+        loaded, self.store.skipped = apply_loaded(db, key, anchors, rows, self.offset())
+        return loaded
 
     async def save_changes(self, db: PeerDatabase) -> int:
+        """Write what changed. Raises StoreWriteError with the changes back in ``db``."""
         rows, deleted, meta = collect_changes(db, self.offset())
         if not rows and not deleted and not meta:
             return 0
         async with self._lock:
-            await trio.to_thread.run_sync(self._locked, self.store.write, rows, deleted, meta)
+            try:
+                await trio.to_thread.run_sync(self._locked, self.store.write, rows, deleted, meta)
+            except (sqlite3.Error, OSError) as exc:
+                requeue_changes(db, rows, deleted, meta)
+                raise StoreWriteError(self.store.path, str(exc)) from exc
+            except BaseException:  # cancelled mid-write: nothing may be lost either
+                requeue_changes(db, rows, deleted, meta)
+                raise
         return len(rows) + len(deleted)
 
     async def close(self) -> None:
