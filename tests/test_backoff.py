@@ -41,3 +41,33 @@ def test_give_up_after_n():
     assert snap["k"]["given_up"] is True
     b.reset_given_up()
     assert b.allowed("k", 0.0)
+
+
+def test_kept_keys_are_never_given_up_and_wait_at_most_five_minutes():
+    b = DialBackoff(BackoffConfig(jitter=0.0, give_up_after=3, cap=3600.0, step=100.0), random.Random(1))
+    b.keep_trying("static")
+    delays = [b.record_failure("static", 0.0) for _ in range(50)]
+    assert not b.state("static").given_up
+    assert max(delays) == 300.0
+    assert b.allowed("static", 300.0)
+
+
+def test_given_up_keys_return_when_connectivity_does():
+    b = DialBackoff(BackoffConfig(give_up_after=2), random.Random(1))
+    for _ in range(2):
+        b.record_failure("k", 0.0)
+    assert b.wait_time("k", 0.0) == float("inf")
+    assert b.reset_given_up() == 1
+    assert b.allowed("k", 0.0)
+
+
+def test_table_stays_bounded_after_100000_failed_peers():
+    b = DialBackoff(BackoffConfig(), random.Random(1), max_entries=1000)
+    b.keep_trying(b"static")
+    for i in range(100_000):
+        key = i.to_bytes(8, "big")
+        b.record_attempt(key, float(i))
+        b.record_failure(key, float(i), "refused")
+    assert len(b) == 1001 and b.evicted == 99_000
+    assert b.state(b"static") is not None  # kept keys are never evicted
+    assert len(b.snapshot(0.0)) <= 50
