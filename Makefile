@@ -33,7 +33,8 @@ system-deps:
 	fi
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check prozchain_discovery tests bench
+	$(VENV)/bin/ruff check prozchain_discovery tests bench examples
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy prozchain_discovery

@@ -90,7 +90,7 @@ async def measure_bootstrap_rtt(boot: DiscoveryService, stack: AsyncExitStack, n
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        await node._bootstrap_request(boot.local_id)
+        await node.cascade.bootstrap_request(boot.local_id)
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
 

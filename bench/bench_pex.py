@@ -106,12 +106,12 @@ async def main_async(n: int) -> None:
                 # Cold: a fresh cache for this one request, then the warm cache back — so the
                 # warm requests that follow are really warm (an earlier version kept the fresh
                 # cache, and the next warm requests re-verified most of their records).
-                warm_cache = requester.record_cache
-                requester.record_cache = requester.pex.cache = VerifiedRecordCache()
+                warm_cache = requester.book.record_cache
+                requester.book.record_cache = requester.pex.policy.cache = VerifiedRecordCache()
                 t = time.perf_counter()
                 await requester.request_peers(pid)
                 pex_cold.append(time.perf_counter() - t)
-                requester.record_cache = requester.pex.cache = warm_cache
+                requester.book.record_cache = requester.pex.policy.cache = warm_cache
         records = requester.metrics.get("records_accepted", via="pex") + got
         # Throughput: 8 requesters hammer one responder for 3 s.
         clients = [await _node(stack) for _ in range(8)]

@@ -7,12 +7,33 @@ diversity), the sharing rules (no private addresses to public requesters) and th
 Network groups follow Bitcoin Core's ``GetGroup`` idea adapted to libp2p:
 
 * IPv4: the /16 (``"4:203.0"``); IPv6: the /32 (``"6:2001:db8"``);
+* IPv6 addresses that only carry an IPv4 address are that IPv4 address, for scope *and*
+  group: IPv4-mapped ``::ffff:a.b.c.d``, SIIT ``::ffff:0:a.b.c.d``, the NAT64 well-known
+  prefix ``64:ff9b::/96``, 6to4 ``2002:AABB:CCDD::/48`` (the router's IPv4) and Teredo
+  ``2001:0::/32`` (the client's IPv4, the last 32 bits inverted), as Bitcoin Core's
+  ``GetLinkedIPv4``. So ``/ip6/::ffff:45.10.1.2/tcp/1`` is in ``"4:45.10"``, and one /16
+  cannot pose as many IPv6 /32s;
 * relayed addresses (``.../p2p-circuit``) belong to the *relay's* group, prefixed ``"relay:"``
   so a relay cannot be confused with a direct peer in the same /16;
 * loopback, private (RFC 1918 / ULA / CGNAT) and link-local addresses are grouped **per
   address** (``"local:127.0.0.1:4001"``): on a test network every loopback node would
   otherwise share one group and diversity rules would allow a single outbound peer;
-* DNS names (``/dns4``, ``/dns6``, ``/dnsaddr``) are grouped by name, unresolved.
+* DNS names (``/dns``, ``/dns4``, ``/dns6``, ``/dnsaddr``) are grouped, unresolved, by
+  registrable domain (``"dns:example.com"`` for ``/dns4/n1.seeds.Example.COM.``) under the
+  ICANN section of the Public Suffix List: fifty subdomains of one domain are one operator.
+  The private section is deliberately not used: it lists suffixes under which names are free
+  for anyone (``libp2p.direct`` of AutoTLS, dynamic DNS), which would make groups free too.
+  Names are IDNA (UTS 46) normalised first, so Unicode spellings of a domain are one group.
+  A name that is itself a public suffix, or whose TLD the list does not know (``localhost``,
+  ``seed.example``), is its own group;
+* anything else (``/unix``, ``/onion3``, ...) is ``"other:"`` plus the address up to its
+  ``/p2p/``; bytes that are not a valid multiaddr are ``"other:invalid"`` (scope OTHER).
+
+The scope of an address is decided by its first ``ip4`` / ``ip6`` / DNS component, looking only
+at the relay's part of a relayed address. The ``*_of_bytes`` functions take raw multiaddr bytes
+(from signed records) and never raise; :func:`scope_of` and :func:`network_group` are the same
+functions on a :class:`Multiaddr` (whose bytes multiaddr does not validate until used) and never
+raise either. Plain ``/ip4|ip6/A/tcp/P`` addresses take an integer-only fast path.
 """
 
 from __future__ import annotations

@@ -24,9 +24,11 @@ from libp2p.crypto.keys import PrivateKey
 from libp2p.peer.envelope import Envelope, seal_record, unmarshal_envelope
 from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord, timestamp_seq
+from libp2p.peer.peerstore import PeerStoreError
 from multiaddr import Multiaddr
 
 from .addrs import AddrScope, strip_p2p, transport_and_scope
+from .wire.framing import MAX_ENVELOPE_BYTES
 
 __all__ = [
     "PEER_RECORD_DOMAIN",
@@ -44,8 +46,6 @@ __all__ = [
 
 PEER_RECORD_DOMAIN = "libp2p-peer-record"
 PEER_RECORD_PAYLOAD_TYPE = b"\x03\x01"
-# An ed25519/secp256k1 record with 64 addresses is ~4 KiB; RSA keys are ~300 bytes larger.
-MAX_ENVELOPE_BYTES = 8 * 1024
 MAX_ADDRS_PER_RECORD = 64
 
 
@@ -265,3 +265,17 @@ class RecordBatch:
         held = list(self._held.values())
         self._held.clear()
         return held
+
+
+def peerstore_record(peerstore: Any, peer_id: ID) -> Envelope | None:
+    """The peer's signed record from py-libp2p's peerstore, or None.
+
+    py-libp2p 0.8.1's ``get_peer_record`` raises ``PeerStoreError`` instead of returning None
+    when the peer's addresses have expired (its garbage collection calls ``addrs()``, which
+    raises for an expired peer); both mean "no usable record".
+    """
+    try:
+        env: Envelope | None = peerstore.get_peer_record(peer_id)
+    except PeerStoreError:
+        return None
+    return env

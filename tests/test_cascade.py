@@ -12,9 +12,10 @@ from multiaddr import Multiaddr
 
 from prozchain_discovery.addrs import scope_of
 from prozchain_discovery.config import BackoffConfig
+from prozchain_discovery.net.frames import read_frame
 from prozchain_discovery.peerdb import PeerSource
 from prozchain_discovery.records import sign_record, verify_record
-from prozchain_discovery.wire.framing import encode_frame, encode_uvarint, read_frame
+from prozchain_discovery.wire.framing import encode_frame, encode_uvarint
 from prozchain_discovery.wire.messages import (
     BOOTSTRAP_PROTOCOL,
     BootstrapRequest,
@@ -51,8 +52,8 @@ async def test_bootstrap_gives_peers_and_stops_at_minimum():
         assert sources == {PeerSource.BOOTSTRAP}
         assert node.metrics.get("records_accepted") >= 3
         # The node learned the address the bootstrap node sees it at.
-        assert any(k.startswith("/ip4/127.0.0.1/tcp/") for k in node.observed_addrs)
-        assert node.phase == "done"
+        assert any(k.startswith("/ip4/127.0.0.1/tcp/") for k in node.addresses.observed.counts())
+        assert node.cascade.phase == "done"
 
 
 async def test_black_holed_bootstrap_does_not_delay_start():
@@ -75,7 +76,7 @@ async def test_dials_run_exactly_the_deficit_when_none_is_late():
         peers = await net.ring(4)
         node = await net.node(cfg(min_peers=8))
         targets = [(p.local_id, [Multiaddr(addr_of(p))], PeerSource.BOOTSTRAP) for p in peers]
-        await node._dial_many(targets, until=2)
+        await node.dialer.dial_many(targets, until=2)
         assert node.connected_count() == 2
         assert node.metrics.get("dials") == 2  # no backup dial spent a handshake for nothing
         assert node.metrics.get("dial_hedges") == 0
@@ -92,10 +93,10 @@ async def test_a_late_dial_gets_a_backup_instead_of_waiting_for_its_timeout():
         targets = [(ghost, [Multiaddr(hole_addr)], PeerSource.BOOTSTRAP)]
         targets += [(p.local_id, [Multiaddr(addr_of(p))], PeerSource.BOOTSTRAP) for p in peers]
         t0 = trio.current_time()
-        await node._dial_many(targets, until=2)
+        await node.dialer.dial_many(targets, until=2)
         took = trio.current_time() - t0
         assert node.connected_count() == 2
-        assert node.hedge_delay() <= took < 1.0, f"took {took:.2f} s (hedge after {node.hedge_delay():.2f} s)"
+        assert node.dialer.hedge_delay() <= took < 1.0, f"took {took:.2f} s (hedge after {node.dialer.hedge_delay():.2f} s)"
         assert node.metrics.get("dials") == 3
         assert node.metrics.get("dial_hedges") == 1
 
@@ -106,12 +107,12 @@ async def test_bootstrap_answers_carry_a_peers_newest_record():
         boot, (peer,) = await _network(net, 1)
         caller = identity(902)[1]
         scope = scope_of(Multiaddr("/ip4/127.0.0.1/tcp/1"))
-        first = dict(boot._bootstrap_candidates(caller, scope))[peer.local_id]
-        assert dict(boot._bootstrap_candidates(caller, scope))[peer.local_id] is first  # memoised
+        first = dict(boot.bootstrap_server.candidates(caller, scope))[peer.local_id]
+        assert dict(boot.bootstrap_server.candidates(caller, scope))[peer.local_id] is first  # memoised
         newer = sign_record(peer.local_id, [Multiaddr(addr_of(peer))], peer.host.get_private_key(),
                             seq=verify_record(first).seq + 1)
         assert boot.host.get_peerstore().consume_peer_record(unmarshal_envelope(newer), 60)
-        assert dict(boot._bootstrap_candidates(caller, scope))[peer.local_id] == newer
+        assert dict(boot.bootstrap_server.candidates(caller, scope))[peer.local_id] == newer
 
 
 async def test_cascade_order_dns_not_used_when_bootstrap_suffices():
@@ -122,10 +123,10 @@ async def test_cascade_order_dns_not_used_when_bootstrap_suffices():
             cfg(bootstrap=(addr_of(boot),), dns_seeds=("/dnsaddr/never.test",), min_peers=3)
         )
         await wait_until(lambda: node.joined_at is not None)
-        assert node.dns_gate.last_lookup is None  # DNS seeds are the next step, never reached
+        assert node.cascade.dns_gate.last_lookup is None  # DNS seeds are the next step, never reached
 
 
-async def test_backoff_and_give_up_are_visible():
+async def test_backoff_of_a_dead_bootstrap_node_is_visible_and_never_gives_up():
     async with AsyncExitStack() as stack:
         net = Net(stack)
         ghost = identity(901)[1]
@@ -134,12 +135,10 @@ async def test_backoff_and_give_up_are_visible():
             cfg(bootstrap=(dead,), min_peers=2, check_interval=0.1,
                 backoff=BackoffConfig(base=0.05, step=0.01, cap=0.1, jitter=0.0, give_up_after=3))
         )
-        await wait_until(lambda: (st := node.backoff.state(ghost.to_bytes())) is not None and st.given_up, timeout=10)
+        await wait_until(lambda: (st := node.dialer.backoff.state(ghost.to_bytes())) is not None and st.failures >= 5, timeout=10)
         snap = node.status()["backoff"][str(ghost)]
-        assert snap["given_up"] and snap["failures"] == 3 and snap["last_error"]
-        attempts = node.backoff.state(ghost.to_bytes()).attempts
-        await trio.sleep(0.5)
-        assert node.backoff.state(ghost.to_bytes()).attempts == attempts  # given up: no more dials
+        assert not snap["given_up"] and snap["failures"] >= 5 and snap["last_error"]
+        assert snap["retry_in"] is not None and snap["retry_in"] <= 0.1
 
 
 async def test_static_peer_redialed_after_disconnect():
@@ -165,7 +164,7 @@ async def test_wrong_network_disconnects_and_never_retries():
         net = Net(stack)
         other = await net.node(cfg(min_peers=1, network_id="someone-else"))
         node = await net.node(cfg(bootstrap=(addr_of(other),), min_peers=1))
-        await wait_until(lambda: other.local_id in node.wrong_network)
+        await wait_until(lambda: other.local_id in node.book.wrong_network)
         await wait_until(lambda: other.local_id not in node.host.get_connected_peers(), timeout=3)
         assert node.metrics.get("wrong_network") == 1
         assert not await node.dial(other.local_id, [Multiaddr(addr_of(other))], PeerSource.BOOTSTRAP)
@@ -305,6 +304,6 @@ async def test_loopback_only_guard_refuses_off_host_dials():
         ok = await node.dial(identity(990)[1], [Multiaddr("/ip4/192.0.2.10/tcp/4001")], PeerSource.PEX)
         assert not ok and node.metrics.get("dials_refused_loopback_only") == 1
         # A DNS seed's bare address is not even probed.
-        assert await node._probe_bare([Multiaddr("/ip4/192.0.2.11/tcp/4001")]) == {}
+        assert await node.dialer.identify_bare([Multiaddr("/ip4/192.0.2.11/tcp/4001")]) == {}
         assert node.metrics.get("dials_refused_loopback_only") == 2
         assert node.metrics.get("dns_probes") == 0

@@ -162,14 +162,15 @@ async def test_cascade_uses_dns_when_bootstrap_nodes_fail_and_respects_interval(
             # Fall below the minimum: the cascade re-runs, but DNS is not asked again.
             await peers[0].host.disconnect(node.local_id)
             await node.host.disconnect(peers[0].local_id)
-            await trio.sleep(1.5)
+            passes = node.cascade.schedule.passes
+            await wait_until(lambda: node.cascade.schedule.passes >= passes + 2, timeout=10)
             assert node.metrics.get("dns_lookups") == 1
         # A restart within the interval does not look up again either (state survives).
         async with AsyncExitStack() as inner:
             node = await Net(inner).node(c, data_dir=data)
-            await trio.sleep(1.0)
+            await wait_until(lambda: node.cascade.schedule.passes >= 1, timeout=10)
             assert node.metrics.get("dns_lookups") == 0
-            assert node.dns_gate.next_allowed(node.now()) > 3000
+            assert node.cascade.dns_gate.next_allowed(trio.current_time()) > 3000
 
 
 async def test_cascade_learns_peer_ids_behind_plain_a_records(tmp_path):
@@ -203,7 +204,7 @@ async def test_cascade_learns_peer_ids_behind_plain_a_records(tmp_path):
 async def test_probe_errors_are_typed():
     from multiaddr import Multiaddr
 
-    from prozchain_discovery.probe import ProbeError, probe_peer_id
+    from prozchain_discovery.net.probe import ProbeError, probe_peer_id
     from tests.netutil import black_hole, closed_port
 
     key = identity(710)[0]

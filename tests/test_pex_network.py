@@ -9,8 +9,9 @@ from dataclasses import replace
 import pytest
 import trio
 
+from prozchain_discovery.net.frames import read_frame
 from prozchain_discovery.peerdb import PeerSource
-from prozchain_discovery.wire.framing import encode_frame, read_frame
+from prozchain_discovery.wire.framing import encode_frame
 from prozchain_discovery.wire.messages import PEX_PROTOCOL, PexRequest, PexResponse
 from tests.netutil import Net, addr_of, cfg, wait_until
 

@@ -1,7 +1,7 @@
 """``/prozchain/bootstrap/1.0`` — what to answer and how to read an answer (sans-IO).
 
-See protocols/bootstrap.md. The trio side is :mod:`prozchain_discovery.exchange`; the service
-supplies the candidate records (its verified peers' own signed records).
+See protocols/bootstrap.md. The trio side is net/exchange.py; the bootstrap server component
+(bootstrap/server.py) supplies the candidate records (its verified peers' own signed records).
 """
 
 from __future__ import annotations
@@ -80,12 +80,15 @@ def read_bootstrap_answer(
     responder: ID,
     cache: VerifiedRecordCache | None = None,
     lazy: bool = False,
+    max_records: int | None = None,
 ) -> BootstrapAnswer:
     """Verify every record on its own; bad ones are dropped and counted, the rest kept.
 
     With ``lazy`` nothing is verified yet: ``answer.batch`` hands records out one at a time,
     each checked as it is taken (a joiner dials the first few while the rest wait).
     The responder's own record is dropped (we know it already: identify brought it).
+    ``max_records`` (the ``max_peers`` we asked for) caps the answer before anything is
+    verified: a responder that sends 512 records costs us no more than the 50 we wanted.
     """
     observed: multiaddr.Multiaddr | None = None
     if response.observed_addr:
@@ -93,8 +96,11 @@ def read_bootstrap_answer(
             observed = parse_multiaddr(response.observed_addr)
         except AddressError:
             observed = None
+    blobs = list(response.signed_records)
+    if max_records is not None and len(blobs) > max_records:
+        blobs = blobs[:max_records]
     batch = RecordBatch(
-        list(response.signed_records), local_peer_id=local_peer_id, cache=cache, skip=responder
+        blobs, local_peer_id=local_peer_id, cache=cache, skip=responder
     )
     if lazy:
         return BootstrapAnswer(response.status, response.network_id, observed, [], {}, batch)

@@ -16,10 +16,11 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 
-from .wire.framing import MAX_FRAME, FrameError, encode_frame, read_frame
-from .wire.messages import DecodeError
+from ..wire.framing import MAX_FRAME, FrameError, encode_frame
+from ..wire.messages import DecodeError
+from .frames import read_frame
 
-__all__ = ["ExchangeError", "request", "serve", "observed_multiaddr"]
+__all__ = ["ExchangeError", "request", "serve", "refuse", "observed_multiaddr"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,11 @@ async def serve(
             on_error("stream", exc)
         log.debug("stream error serving %s: %s", stream.get_protocol(), exc)
         await _reset(stream)
+
+
+async def refuse(stream: INetStream) -> None:
+    """Reset ``stream`` without reading a byte of it (a banned or refused peer)."""
+    await _reset(stream)
 
 
 async def _reset(stream: INetStream) -> None:

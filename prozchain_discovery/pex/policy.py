@@ -13,7 +13,7 @@ record on its own and attributes it to the sender.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from libp2p.peer.id import ID
@@ -70,6 +70,7 @@ class PeerExchange:
         self._last_exchange: dict[ID, float] = {}  # requester: when we last asked each peer
         self._retry_at: dict[ID, float] = {}  # requester: responder said "not before"
         self._fetch_saturated = False  # address fetch stopped paying
+        self._next_fetch: float | None = None  # the next address-fetch round
 
     # ---- responder -------------------------------------------------------------------------
     def handle_request(
@@ -141,6 +142,41 @@ class PeerExchange:
                 continue  # the sender's own record arrives with identify, not as hearsay
             kept.append(rec)
         return PexOutcome(response.status, kept, rejected)
+
+    # ---- scheduling (the PEX component sleeps until next_deadline) ---------------------------
+    def due(self, peers: Iterable[tuple[ID, float]], now: float) -> list[ID]:
+        """Which of ``peers`` (outbound peers as ``(peer id, connected since)``) to ask now.
+
+        A new connection waits ``first_request_delay`` (identify first); then each peer is asked
+        once per ``exchange_interval``, or when its ``RATE_LIMITED`` answer said.
+        """
+        first = self.config.first_request_delay
+        return [
+            pid for pid, since in peers
+            if now - since >= first and self.should_request_peers_from(pid, now)
+        ]
+
+    def next_deadline(self, peers: Iterable[tuple[ID, float]], now: float) -> float | None:
+        """When the next of ``peers`` falls due, or the next address-fetch round, if ever."""
+        first = self.config.first_request_delay
+        times = [max(since + first, self.next_request_at(pid, now)) for pid, since in peers]
+        if self._next_fetch is not None:
+            times.append(self._next_fetch)
+        return min(times) if times else None
+
+    def start_fetching(self, now: float) -> None:
+        """Address fetch rounds start ``first_request_delay`` after the service does."""
+        self._next_fetch = now + self.config.first_request_delay
+
+    def fetch_due(self, now: float) -> bool:
+        """Whether an address-fetch round is due; if so the next one is scheduled."""
+        if self._next_fetch is None or now < self._next_fetch:
+            return False
+        self._next_fetch = now + self.config.exchange_interval
+        return True
+
+    def on_timer(self, now: float) -> None:
+        self.forget_old(now)
 
     def addr_fetch_budget(self, book_size: int, uptime: float) -> int:
         """How many extra peers to ask this round (0 once the book is full enough or the node

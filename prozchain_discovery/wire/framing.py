@@ -8,22 +8,21 @@ prefix is complete, before a single body byte is buffered (h11's ``receive_data`
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import trio
-
 __all__ = [
     "MAX_FRAME",
+    "MAX_ENVELOPE_BYTES",
     "FrameError",
     "FrameTooLarge",
     "FrameTruncated",
     "FrameDecoder",
     "encode_frame",
     "encode_uvarint",
-    "read_frame",
 ]
 
 MAX_FRAME = 64 * 1024
+# One signed peer record (records.py checks it before parsing; messages.py when fitting answers).
+# An ed25519/secp256k1 record with 64 addresses is ~4 KiB; RSA keys are ~300 bytes larger.
+MAX_ENVELOPE_BYTES = 8 * 1024
 _MAX_VARINT_BYTES = 10
 
 
@@ -73,6 +72,11 @@ class FrameDecoder:
         self._need: int | None = None  # body length once the prefix is parsed
 
     @property
+    def missing(self) -> int | None:
+        """Bytes still needed to finish the frame being read (None while reading its length)."""
+        return None if self._need is None else self._need - len(self._buf)
+
+    @property
     def buffered(self) -> int:
         return len(self._buf)
 
@@ -118,30 +122,3 @@ class FrameDecoder:
             raise FrameTruncated(
                 f"stream ended with {len(self._buf)} bytes of an unfinished frame"
             )
-
-
-class _Readable(Protocol):
-    async def read(self, n: int | None = None) -> bytes: ...
-
-
-async def read_frame(stream: _Readable, max_frame: int = MAX_FRAME, chunk: int = 16384) -> bytes:
-    """Read exactly one frame from a libp2p stream (no timeout here: callers wrap one)."""
-    decoder = FrameDecoder(max_frame)
-    while True:
-        frame = decoder.next_frame()
-        if frame is not None:
-            return frame
-        want = chunk if decoder._need is None else min(chunk, decoder._need - decoder.buffered)
-        try:
-            data = await stream.read(max(1, want))
-        except trio.Cancelled:
-            raise
-        except Exception as exc:  # libp2p raises StreamEOF / StreamReset / StreamClosed
-            if type(exc).__name__ in ("StreamEOF", "IncompleteReadError"):
-                decoder.end_of_stream()
-                raise FrameTruncated("stream ended before a frame") from exc
-            raise
-        if not data:
-            decoder.end_of_stream()
-            raise FrameTruncated("stream ended before a frame")
-        decoder.feed(data)

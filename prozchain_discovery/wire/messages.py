@@ -13,8 +13,7 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError as _PbDecodeError
 from google.protobuf.message import Message
 
-from ..records import MAX_ENVELOPE_BYTES
-from .framing import MAX_FRAME
+from .framing import MAX_ENVELOPE_BYTES, MAX_FRAME
 from .pb import bootstrap_pb2, pex_pb2
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Outbound connections: the :class:`~.dialer.Dialer` component and its sans-IO race policy."""

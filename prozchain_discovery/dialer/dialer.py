@@ -1,0 +1,264 @@
+"""The dialer component: every outbound contact goes through here.
+
+It owns the per-peer :class:`~..backoff.DialBackoff`, the hedged parallel dials
+(:mod:`.race`), the *address filter* the root injects (the test suite's loopback-only guard is
+one; nothing here reads the environment), the transports ``host.connect`` lacks (a
+:class:`~..ports.DialTransport` per address kind: the relay component will hand in
+``/p2p-circuit``), and the Noise probe that learns who listens at a DNS seed's bare address.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from ..addrs import AddrScope, scope_of, strip_p2p
+from ..backoff import DialBackoff
+from ..config import BootstrapConfig
+from ..events import ConnectivityRestored, EventBus, LocalAddressesChanged
+from ..metrics import Metrics
+from ..net.probe import ProbeError, probe_peer_id
+from ..peerdb import PeerSource
+from ..ports import Connections, DialTarget, DialTransport, PeerBookView
+from .race import DialRace, HedgePolicy
+
+__all__ = ["Dialer", "AddrFilter", "loopback_only", "UNSIGNED_TTL"]
+
+log = logging.getLogger("prozchain_discovery.dialer")
+
+# Unsigned addresses (DNS, mDNS, configuration) live this long in the host's peerstore (go's
+# temp TTL is 2 min; ours covers a cascade's dial).
+UNSIGNED_TTL = 600
+
+# Returns why ``addrs`` may not be contacted, or None when they may.
+AddrFilter = Callable[[list[multiaddr.Multiaddr]], "str | None"]
+
+
+def loopback_only(addrs: list[multiaddr.Multiaddr]) -> str | None:
+    """An address filter for test suites and benchmarks that must not send traffic off-host."""
+    if all(scope_of(a) is AddrScope.LOOPBACK for a in addrs):
+        return None
+    return "only loopback dials are allowed (PROZCHAIN_DIAL_LOOPBACK_ONLY=1)"
+
+
+class Dialer:
+    def __init__(
+        self,
+        host: IHost,
+        config: BootstrapConfig,
+        *,
+        connections: Connections,
+        book: PeerBookView,
+        bus: EventBus,
+        metrics: Metrics,
+        rng: random.Random,
+        addr_filter: AddrFilter | None = None,
+        transports: Iterable[DialTransport] = (),
+    ) -> None:
+        self.host = host
+        self.config = config
+        self.connections = connections
+        self.book = book
+        self.metrics = metrics
+        self.local_id = host.get_id()
+        self.addr_filter = addr_filter
+        self.transports = list(transports)
+        self.hedge = HedgePolicy()
+        # Keys: a peer id's bytes, or "probe <multiaddr>" for a DNS seed's bare address.
+        self.backoff = DialBackoff(
+            config.backoff, rng, label=lambda k: k if isinstance(k, str) else str(ID(k))  # type: ignore[arg-type]
+        )
+        bus.subscribe(ConnectivityRestored, self._on_connectivity_restored)
+        bus.subscribe(LocalAddressesChanged, self._on_connectivity_restored)
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    def _on_connectivity_restored(self, _event: object) -> None:
+        n = self.backoff.reset_given_up()
+        if n:
+            log.info("connectivity is back: %d given-up peers may be dialed again", n)
+            self.metrics.inc("backoff_resets", n)
+
+    # ---- the Dialing interface --------------------------------------------------------------
+    def keep_trying(self, peer_id: ID) -> None:
+        self.backoff.keep_trying(peer_id.to_bytes())
+
+    def in_backoff(self, peer_id: ID) -> bool:
+        return not self.backoff.allowed(peer_id.to_bytes(), self.now()) or self.book.is_wrong_network(peer_id)
+
+    def retry_in(self, peer_id: ID) -> float:
+        return self.backoff.wait_time(peer_id.to_bytes(), self.now())
+
+    def may_contact(self, addrs: list[multiaddr.Multiaddr], what: str) -> bool:
+        """False (logged, counted) when the injected address filter refuses ``addrs``."""
+        reason = self.addr_filter(addrs) if self.addr_filter is not None else None
+        if reason is None:
+            return True
+        self.metrics.inc("dials_refused_loopback_only")
+        log.error("refusing to %s at %s: %s", what, [str(a) for a in addrs], reason)
+        return False
+
+    def hedge_delay(self) -> float:
+        return self.hedge.delay
+
+    async def dial(
+        self,
+        peer_id: ID,
+        addrs: Iterable[multiaddr.Multiaddr],
+        source: PeerSource,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Dial with backoff bookkeeping. True if connected (already or now)."""
+        if peer_id == self.local_id or self.book.is_wrong_network(peer_id):
+            return False
+        if peer_id in self.connections:
+            return True
+        addr_list = [strip_p2p(a) for a in addrs]
+        key = peer_id.to_bytes()
+        db = self.book.db
+        now = self.now()
+        if not self.backoff.allowed(key, now):
+            return False
+        if not self.may_contact(addr_list, f"dial {peer_id}"):
+            return False
+        self.connections.note_intent(peer_id, source)
+        self.backoff.record_attempt(key, now)
+        if peer_id in db:
+            db.mark_attempt(peer_id, now)
+        self.metrics.inc("dials", source=source.value)
+        error = "timeout"
+        started = now
+        with trio.move_on_after(timeout or self.config.dial_timeout):
+            try:
+                await self._connect(peer_id, addr_list)
+                error = ""
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        now = self.now()
+        if error:
+            delay = self.backoff.record_failure(key, now, error)
+            if peer_id in db:
+                db.mark_failure(peer_id, now)
+            self.metrics.inc("dial_failures", source=source.value)
+            log.debug("dial %s (%s) failed: %s; retry in %.0f s", peer_id, source.value, error[:120], delay)
+            return False
+        self.backoff.record_success(key, now)
+        self.hedge.on_dial_success(now - started)
+        self.metrics.observe("dial_seconds", now - started)
+        self.connections.note_dialed(peer_id, source, str(addr_list[0]) if addr_list else "")
+        if peer_id not in db and addr_list and source is not PeerSource.STATIC:
+            db.add_addrs(peer_id, addr_list, source, now)
+        if peer_id in db:
+            db.mark_success(peer_id, now)
+        return True
+
+    async def _connect(self, peer_id: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        for transport in self.transports:
+            mine = [a for a in addrs if transport.handles(a)]
+            if mine and len(mine) == len(addrs):
+                await transport.connect(peer_id, mine)
+                return
+        if addrs:
+            self.host.get_peerstore().add_addrs(peer_id, addrs, UNSIGNED_TTL)
+        await self.host.connect(PeerInfo(peer_id, addrs))
+
+    async def dial_many(self, targets: Iterable[DialTarget], until: int | None = None) -> int:
+        """Dial in parallel, stopping once ``until`` peers are connected (see :mod:`.race`).
+
+        ``targets`` may be lazy (records verified just before their dial); it is consumed one
+        target at a time. Returns how many dials connected.
+        """
+        pending = iter(targets)
+        nxt = next(pending, None)
+        race = DialRace(self.config.max_parallel_dials, until, self.hedge.delay)
+        hedges_before = race.hedges
+        connected = 0
+        wake = trio.Event()
+        count = self.connections.__len__
+
+        async with trio.open_nursery() as nursery:
+
+            async def one(tok: int, pid: ID, addrs: list[multiaddr.Multiaddr], src: PeerSource) -> None:
+                nonlocal connected
+                try:
+                    if await self.dial(pid, addrs, src):
+                        connected += 1
+                finally:
+                    race.end(tok)
+                    wake.set()
+
+            while nxt is not None and not race.reached(count()):
+                now = self.now()
+                if race.may_start(now, count()):
+                    nursery.start_soon(one, race.start(now, count()), *nxt)
+                    nxt = next(pending, None)
+                    continue
+                wake = trio.Event()
+                deadline = race.next_deadline(now)
+                with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                    await wake.wait()
+            while race.in_flight and not race.reached(count()):
+                wake = trio.Event()
+                await wake.wait()
+            if race.reached(count()):
+                nursery.cancel_scope.cancel()
+        if race.hedges > hedges_before:
+            self.metrics.inc("dial_hedges", race.hedges - hedges_before)
+        return connected
+
+    async def disconnect(self, peer_id: ID) -> None:
+        """Best effort: the host may already be shutting down."""
+        with trio.move_on_after(2):
+            try:
+                await self.host.disconnect(peer_id)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                log.debug("disconnect %s: %s", peer_id, exc)
+
+    # ---- bare addresses (DNS seeds' A/AAAA answers) -----------------------------------------
+    async def identify_bare(self, addrs: list[multiaddr.Multiaddr]) -> dict[ID, list[multiaddr.Multiaddr]]:
+        """Learn who listens at each bare address (a Noise handshake, see net/probe.py)."""
+        found: dict[ID, list[multiaddr.Multiaddr]] = {}
+        limiter = trio.CapacityLimiter(self.config.max_parallel_dials)
+        key_pair = KeyPair(self.host.get_private_key(), self.host.get_public_key())
+
+        async def one(addr: multiaddr.Multiaddr) -> None:
+            key = f"probe {addr}"
+            if not self.may_contact([addr], "probe") or not self.backoff.allowed(key, self.now()):
+                return
+            async with limiter:
+                self.backoff.record_attempt(key, self.now())
+                self.metrics.inc("dns_probes")
+                try:
+                    pid = await probe_peer_id(key_pair, addr, self.config.dial_timeout)
+                except ProbeError as exc:
+                    self.backoff.record_failure(key, self.now(), str(exc))
+                    self.metrics.inc("dns_probe_failures", kind=exc.kind)
+                    log.info("dns seed address %s: no libp2p peer answered (%s)", addr, exc)
+                    return
+            self.backoff.record_success(key, self.now())
+            if pid != self.local_id:
+                log.info("dns seed address %s is peer %s (learned by handshake)", addr, pid)
+                found.setdefault(pid, []).append(addr)
+
+        async with trio.open_nursery() as nursery:
+            for addr in addrs:
+                nursery.start_soon(one, addr)
+        return found
+
+    def status(self) -> dict[str, Any]:
+        return {"backoff": self.backoff.snapshot(self.now()), "hedge_delay": round(self.hedge.delay, 4)}

@@ -1,0 +1,176 @@
+"""Typed events between components, and the two small primitives they travel on.
+
+Components never call into each other's internals: the composition root (``service.py``)
+hands each one an :class:`EventBus`, and a component that learns something publishes an event;
+the components that care subscribe a *synchronous* callback. Callbacks only update in-memory
+state or wake a trio task (:class:`Wakeup`) — they never block and never queue, so a burst of
+events costs a burst of cheap calls, not an unbounded backlog (go-libp2p's event bus delivers on
+buffered channels and drops nothing by blocking the emitter; ours runs the subscriber inline,
+which is the same guarantee without the channel).
+
+The events follow go-libp2p's names where one exists: ``EvtPeerConnectednessChanged`` →
+:class:`PeerConnected` / :class:`PeerDisconnected`, ``EvtLocalAddressesUpdated`` →
+:class:`LocalAddressesChanged`, ``EvtLocalReachabilityChanged`` → :class:`ReachabilityChanged`
+(published by the NAT component of docs/architecture.md once it exists).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+from libp2p.peer.id import ID
+from multiaddr import Multiaddr
+
+__all__ = [
+    "EventBus",
+    "Wakeup",
+    "PeerConnected",
+    "PeerDisconnected",
+    "ConnectivityRestored",
+    "PeersNeeded",
+    "RecordsLearned",
+    "ObservedAddress",
+    "ListenAddressesChanged",
+    "LocalAddressesChanged",
+    "ReachabilityChanged",
+    "WrongNetwork",
+    "Misbehaved",
+]
+
+E = TypeVar("E")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    """The first connection to ``peer_id`` opened (``addr``: its remote transport address)."""
+
+    peer_id: ID
+    outbound: bool
+    source: str  # a PeerSource value
+    addr: Multiaddr | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    """The last connection to ``peer_id`` closed; ``remaining`` peers are still connected."""
+
+    peer_id: ID
+    remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectivityRestored:
+    """The connected count went from 0 to at least 1: given-up dial targets deserve a retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeersNeeded:
+    """Below the minimum (a peer left, or new addresses arrived): the dialing loops should look."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsLearned:
+    """``count`` new or newer records entered the peer book from ``via``."""
+
+    count: int
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedAddress:
+    """``reporter`` told us it sees us at ``addr`` (bootstrap's observed_addr, identify)."""
+
+    addr: Multiaddr
+    reporter: ID
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddressesChanged:
+    """The host started or stopped listening somewhere (the swarm's listen notifications)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddressesChanged:
+    """The addresses we advertise changed; our signed record now carries ``addrs``."""
+
+    addrs: tuple[Multiaddr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReachabilityChanged:
+    """Whether others can dial us directly ("public", "private", "unknown")."""
+
+    reachability: str
+
+
+@dataclass(frozen=True, slots=True)
+class WrongNetwork:
+    """``peer_id`` answered for another network id: never dial or serve it again this run."""
+
+    peer_id: ID
+    network_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Misbehaved:
+    """``peer_id`` broke a rule (``reason``); ``severity`` scales the penalty, ban at >= 3."""
+
+    peer_id: ID
+    reason: str
+    severity: int = 1
+
+
+class EventBus:
+    """Synchronous publish/subscribe by event type. Subscribers must be quick and non-blocking."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[type, list[Callable[[Any], object]]] = defaultdict(list)
+        self.published: dict[str, int] = defaultdict(int)
+
+    def subscribe(self, kind: type[E], callback: Callable[[E], object]) -> None:
+        self._subscribers[kind].append(callback)
+
+    def publish(self, event: object) -> None:
+        self.published[type(event).__name__] += 1
+        for callback in self._subscribers.get(type(event), ()):
+            callback(event)
+
+
+class Wakeup:
+    """A level-triggered wake-up for one waiting task.
+
+    ``set()`` during the task's work is not lost: the next :meth:`wait` returns at once. (A
+    ``trio.Event`` replaced *after* the work would drop a signal that arrived during it, and the
+    task would sleep until its next poll.)
+    """
+
+    __slots__ = ("_event", "_pending")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._pending = False
+
+    def set(self) -> None:
+        self._pending = True
+        self._event.set()
+
+    async def wait(self, timeout: float = math.inf) -> bool:
+        """Sleep until set or ``timeout`` seconds; True if woken by :meth:`set`."""
+        if not self._pending:
+            with trio.move_on_after(max(0.0, timeout)):
+                await self._event.wait()
+        woke = self._pending
+        self._pending = False
+        self._event = trio.Event()
+        return woke
+
+    async def wait_until(self, deadline: float | None) -> bool:
+        """As :meth:`wait`, to an absolute trio time (None: no deadline)."""
+        if deadline is None:
+            return await self.wait()
+        return await self.wait(deadline - trio.current_time())

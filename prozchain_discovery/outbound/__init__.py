@@ -1,0 +1,1 @@
+"""Outbound slots, feelers and anchors: the :class:`~.manager.OutboundManager` and its policy."""

@@ -1,0 +1,120 @@
+"""A py-libp2p host stand-in for component tests on trio's MockClock.
+
+Real hosts use real sockets, whose timeouts an autojumping clock would fire at once; these
+tests drive the components (dialer, cascade, static peers, PEX) through the same calls they
+make on a real host, with reachability decided by the test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+
+from tests.conftest import identity
+
+
+class FakeConn:
+    def __init__(self, peer_id: ID, outbound: bool) -> None:
+        self.muxed_conn = type("M", (), {"peer_id": peer_id, "is_initiator": outbound})()
+
+    def get_transport_addresses(self) -> list[Any]:
+        return []
+
+
+class FakeNetwork:
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+        self.notifees: list[Any] = []
+
+    def register_notifee(self, n: Any) -> None:
+        self.notifees.append(n)
+
+    def remove_notifee(self, n: Any) -> None:
+        self.notifees.remove(n)
+
+    def get_connections(self, peer_id: ID) -> list[Any]:
+        return [self.host.conns[peer_id]] if peer_id in self.host.conns else []
+
+
+class FakePeerstore:
+    def add_addrs(self, *a: Any) -> None:
+        pass
+
+    def get_peer_record(self, peer_id: ID) -> None:
+        return None
+
+    def consume_peer_record(self, *a: Any) -> bool:
+        return True
+
+    def set_local_record(self, *a: Any) -> None:
+        pass
+
+
+class FakeHost:
+    """``reachable(peer_id, now)`` says whether a dial succeeds; a dial takes ``dial_time``."""
+
+    def __init__(self, n: int = 0, reachable: Any = None, dial_time: float = 0.01) -> None:
+        self.key, self.peer_id = identity(10_000 + n)
+        self.reachable = reachable or (lambda pid, now: True)
+        self.dial_time = dial_time
+        self.conns: dict[ID, FakeConn] = {}
+        self.network = FakeNetwork(self)
+        self.peerstore = FakePeerstore()
+        self.dials: list[tuple[float, ID]] = []
+        self.streams: list[tuple[float, ID, str]] = []
+        self.handlers: dict[str, Any] = {}
+        self.multiselect = type("Multiselect", (), {"handlers": {}})()
+
+    def get_id(self) -> ID:
+        return self.peer_id
+
+    def get_private_key(self) -> Any:
+        return self.key.private_key
+
+    def get_public_key(self) -> Any:
+        return self.key.public_key
+
+    def get_addrs(self) -> list[Any]:
+        return []
+
+    def get_network(self) -> FakeNetwork:
+        return self.network
+
+    def get_peerstore(self) -> FakePeerstore:
+        return self.peerstore
+
+    def get_connected_peers(self) -> list[ID]:
+        return list(self.conns)
+
+    def set_stream_handler(self, proto: str, handler: Any) -> None:
+        self.handlers[proto] = handler
+
+    def remove_stream_handler(self, proto: str) -> None:
+        self.handlers.pop(proto, None)
+
+    async def connect(self, info: Any) -> None:
+        now = trio.current_time()
+        self.dials.append((now, info.peer_id))
+        await trio.sleep(self.dial_time)
+        if not self.reachable(info.peer_id, now):
+            raise ConnectionRefusedError(f"{info.peer_id} unreachable at t={now:.1f}")
+        await self.open(info.peer_id, outbound=True)
+
+    async def open(self, peer_id: ID, outbound: bool = False) -> None:
+        if peer_id in self.conns:
+            return
+        conn = self.conns[peer_id] = FakeConn(peer_id, outbound)
+        for n in self.network.notifees:
+            await n.connected(self.network, conn)
+
+    async def disconnect(self, peer_id: ID) -> None:
+        conn = self.conns.pop(peer_id, None)
+        if conn is not None:
+            for n in self.network.notifees:
+                await n.disconnected(self.network, conn)
+
+    async def new_stream(self, peer_id: ID, protocols: list[str]) -> Any:
+        self.streams.append((trio.current_time(), peer_id, protocols[0]))
+        raise ConnectionResetError("fake host: no streams")
