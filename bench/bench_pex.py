@@ -83,7 +83,7 @@ async def main_async(n: int) -> None:
         responder = await _node(stack)
         requester = await _node(stack)
         # 200 peers in the responder's book, each with its own signed record.
-        now = responder.now()
+        now = trio.current_time()
         for i in range(200):
             k = create_new_key_pair()
             pid = ID.from_pubkey(k.public_key)
