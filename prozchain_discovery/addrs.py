@@ -6,13 +6,13 @@ diversity), the sharing rules (no private addresses to public requesters) and th
 
 Network groups follow Bitcoin Core's ``GetGroup`` idea adapted to libp2p:
 
-* IPv4: the /16 (``"4:203.0"``); IPv6: the /32 (``"6:2001:db8"``);
+* IPv4: the /16 (``"4:203.0"``); IPv6: the /32 (``"6:2a01:4f8"``);
 * IPv6 addresses that only carry an IPv4 address are that IPv4 address, for scope *and*
   group: IPv4-mapped ``::ffff:a.b.c.d``, SIIT ``::ffff:0:a.b.c.d``, the NAT64 well-known
   prefix ``64:ff9b::/96``, 6to4 ``2002:AABB:CCDD::/48`` (the router's IPv4) and Teredo
   ``2001:0::/32`` (the client's IPv4, the last 32 bits inverted), as Bitcoin Core's
-  ``GetLinkedIPv4``. So ``/ip6/::ffff:45.10.1.2/tcp/1`` is in ``"4:45.10"``, and one /16
-  cannot pose as many IPv6 /32s;
+  ``GetLinkedIPv4``. So ``/ip6/::ffff:45.10.1.2/tcp/1`` is in ``"4:45.10"``: an IPv4 host
+  has one group however its address is spelt;
 * relayed addresses (``.../p2p-circuit``) belong to the *relay's* group, prefixed ``"relay:"``
   so a relay cannot be confused with a direct peer in the same /16;
 * loopback, private (RFC 1918 / ULA / CGNAT) and link-local addresses are grouped **per
@@ -39,11 +39,17 @@ raise either. Plain ``/ip4|ip6/A/tcp/P`` addresses take an integer-only fast pat
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import idna
 from multiaddr import Multiaddr
+from multiaddr.codecs import codec_by_name
+from multiaddr.protocols import protocol_with_code
+from multiaddr.transforms import bytes_to_string
+from publicsuffixlist import PublicSuffixList
 
 if TYPE_CHECKING:
     from libp2p.peer.id import ID
@@ -69,7 +75,6 @@ __all__ = [
 ]
 
 
-
 class AddressError(ValueError):
     """A multiaddr could not be parsed; the message names the offending text."""
 
@@ -89,14 +94,20 @@ class AddrScope(enum.Enum):
 
 
 def parse_multiaddr(value: str | bytes | Multiaddr) -> Multiaddr:
-    """Parse text or binary into a Multiaddr, raising :class:`AddressError` on bad input."""
+    """Parse text or binary into a Multiaddr, raising :class:`AddressError` on bad input.
+
+    Binary input is checked here: multiaddr 0.2 accepts any bytes and fails only when the
+    address is used (``str()``, ``value_for_protocol``)."""
     if isinstance(value, Multiaddr):
         return value
     try:
-        return Multiaddr(value)
+        ma = Multiaddr(value)
     except Exception as exc:  # multiaddr raises a zoo of exception types
         shown = value[:80] if isinstance(value, str) else value[:40].hex()
         raise AddressError(f"not a valid multiaddr: {shown!r} ({exc})") from exc
+    if isinstance(value, bytes) and value and _parts(value) is None:
+        raise AddressError(f"not a valid multiaddr: {value[:40].hex()!r}")
+    return ma
 
 
 def _first_value(ma: Multiaddr, codes: Iterable[str]) -> tuple[str, str] | None:
@@ -183,11 +194,24 @@ def _v4_scope(n: int) -> AddrScope:
     return AddrScope.PUBLIC  # includes the documentation ranges our NAT lab uses as "internet"
 
 
-def _ip_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AddrScope:
-    if isinstance(ip, ipaddress.IPv4Address):
-        return _v4_scope(int(ip))
-    if ip.ipv4_mapped is not None:
-        return _ip_scope(ip.ipv4_mapped)
+def _embedded_v4(n: int) -> int | None:
+    """The IPv4 address an IPv6 address ``n`` stands for, or None (Bitcoin Core's
+    ``GetLinkedIPv4``): mapped, SIIT, NAT64 well-known prefix, 6to4, Teredo."""
+    if (n >> 96) == 0x2001_0000:
+        return (n & 0xFFFF_FFFF) ^ 0xFFFF_FFFF  # Teredo 2001:0::/32: client IPv4, inverted
+    if (n >> 112) == 0x2002:
+        return (n >> 80) & 0xFFFF_FFFF  # 6to4 2002:AABB:CCDD::/48
+    head = n >> 32
+    if head == 0xFFFF or head == 0xFFFF_0000 or head == 0x64_FF9B << 64:
+        return n & 0xFFFF_FFFF  # ::ffff:0:0/96, ::ffff:0:0:0/96, 64:ff9b::/96
+    return None
+
+
+def _v6_scope(n: int) -> AddrScope:
+    v4 = _embedded_v4(n)
+    if v4 is not None:
+        return _v4_scope(v4)
+    ip = ipaddress.IPv6Address(n)
     if ip.is_unspecified:
         return AddrScope.UNSPECIFIED
     if ip.is_loopback:
@@ -204,13 +228,10 @@ def _ip_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AddrScope:
 
 
 def scope_of(ma: Multiaddr) -> AddrScope:
-    """Where an address can be reached from. A relayed address has the relay's scope."""
-    if _first_value(ma, ("dns", "dns4", "dns6", "dnsaddr")) is not None:
-        return AddrScope.DNS
-    ip = ip_of(ma)
-    if ip is None:
-        return AddrScope.OTHER
-    return _ip_scope(ip)
+    """Where an address can be reached from. A relayed address has the relay's scope.
+
+    Never raises: an address whose bytes do not parse is :attr:`AddrScope.OTHER`."""
+    return scope_of_bytes(ma.to_bytes())
 
 
 def is_unspecified(ma: Multiaddr) -> bool:
@@ -232,47 +253,183 @@ def is_shareable_to(addr: Multiaddr, requester_scope: AddrScope) -> bool:
     return True
 
 
-def _fast_ip(b: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP of a binary ``/ip4/A/tcp/P`` or ``/ip6/A/tcp/P`` address (the common case), else None."""
-    if len(b) == 8 and b[0] == 0x04 and b[5] == 0x06:
-        return ipaddress.IPv4Address(b[1:5])
-    if len(b) == 20 and b[0] == 0x29 and b[17] == 0x06:
-        return ipaddress.IPv6Address(b[1:17])
-    return None
+def _plain_tcp(b: bytes) -> int:
+    """4 or 6 for a binary ``/ip4/A/tcp/P`` or ``/ip6/A/tcp/P`` address (the common case), else 0."""
+    n = len(b)
+    if n == 8 and b[0] == 0x04 and b[5] == 0x06:
+        return 4
+    if n == 20 and b[0] == 0x29 and b[17] == 0x06:
+        return 6
+    return 0
 
 
 def transport_and_scope(ma: Multiaddr) -> tuple[Multiaddr, AddrScope]:
     """``(strip_p2p(ma), scope_of(...))``, with a fast path for plain ``/ip4|ip6/A/tcp/P``
     (no string round trips: ~1 us instead of ~18 us; records are full of these)."""
-    ip = _fast_ip(ma.to_bytes())
-    if ip is not None:
-        return ma, _ip_scope(ip)
+    b = ma.to_bytes()
+    if _plain_tcp(b):
+        return ma, scope_of_bytes(b)
     transport = strip_p2p(ma)
     return transport, scope_of(transport)
 
 
+# Multiaddr protocol codes.
+_IP4, _TCP, _IP6, _UDP, _P2P, _CIRCUIT = 0x04, 0x06, 0x29, 0x0111, 0x01A5, 0x0122
+_DNS = frozenset((0x35, 0x36, 0x37, 0x38))  # dns, dns4, dns6, dnsaddr
+
+# One component of a binary multiaddr: (code, value text or None for flags, raw value, offset).
+_Part = tuple[int, str | None, bytes, int]
+
+
+def _uvarint(b: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = b[i]  # IndexError when truncated
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _parts(b: bytes) -> list[_Part] | None:
+    """The components of binary multiaddr ``b``, or None when it is not a valid one (unknown
+    protocol, truncated, a value its codec refuses). Decodes as multiaddr's ``bytes_to_string``
+    does, and also refuses a truncated last value, which that silently shortens."""
+    out: list[_Part] = []
+    i, end = 0, len(b)
+    try:
+        while i < end:
+            start = i
+            code, i = _uvarint(b, i)
+            proto = protocol_with_code(code)
+            if proto.codec is None:
+                out.append((code, None, b"", start))
+                continue
+            codec = codec_by_name(proto.codec)
+            if codec.SIZE > 0:
+                size = codec.SIZE // 8
+            else:
+                size, i = _uvarint(b, i)
+            if i + size > end:
+                return None
+            raw = b[i : i + size]
+            i += size
+            out.append((code, codec.to_string(proto, raw), raw, start))
+    except Exception:  # multiaddr raises a zoo of exception types
+        return None
+    return out
+
+
+def _scope_of_parts(parts: list[_Part]) -> AddrScope:
+    for code, _text, raw, _ in parts:
+        if code == _IP4:
+            return _v4_scope(int.from_bytes(raw, "big"))
+        if code == _IP6:
+            return _v6_scope(int.from_bytes(raw, "big"))
+        if code in _DNS:
+            return AddrScope.DNS
+        if code == _CIRCUIT:
+            break  # a relayed address has the relay's scope
+    return AddrScope.OTHER
+
+
+def _v4_group(n: int, port: int | None) -> str:
+    scope = _v4_scope(n)
+    if scope.is_local or scope is AddrScope.UNSPECIFIED:
+        return f"local:{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}:{port}"
+    return f"4:{n >> 24}.{n >> 16 & 255}"
+
+
+def _v6_group(n: int, port: int | None) -> str:
+    v4 = _embedded_v4(n)
+    if v4 is not None:
+        return _v4_group(v4, port)
+    scope = _v6_scope(n)
+    if scope.is_local or scope is AddrScope.UNSPECIFIED:
+        return f"local:{ipaddress.IPv6Address(n)}:{port}"
+    hi, lo = n >> 112, n >> 96 & 0xFFFF  # the /32, spelt as str(IPv6Address(...)).rstrip(":")
+    return f"6:{hi:x}:{lo:x}" if lo else f"6:{hi:x}" if hi else "6:"
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    """The Public Suffix List shipped with ``publicsuffixlist`` (built once, ~30 ms), ICANN
+    section only; unknown TLDs are not suffixes (``privatesuffix`` returns None for them)."""
+    return PublicSuffixList(accept_unknown=False, only_icann=True)
+
+
+def _dns_group(name: str) -> str:
+    """``"dns:"`` + the registrable domain of ``name`` (see the module docstring)."""
+    if name.isascii():
+        key = name.lower()  # what UTS 46 does to ASCII
+    else:
+        try:
+            key = idna.encode(name, uts46=True).decode("ascii")
+        except Exception:  # the domain codec already ran this very check; belt and braces
+            key = name.lower()
+    key = key.rstrip(".")
+    try:
+        domain = _public_suffixes().privatesuffix(key)
+    except Exception:
+        domain = None
+    return "dns:" + (domain if isinstance(domain, str) and domain else key)
+
+
+def _direct_group(b: bytes, parts: list[_Part], end: int) -> str:
+    """The group of ``parts`` (no circuit among them), the components of ``b[:end]``."""
+    port: int | None = None
+    for code, _text, raw, _ in parts:
+        if code == _TCP or code == _UDP:
+            port = int.from_bytes(raw, "big")
+            break
+    for code, text, raw, _ in parts:
+        if code == _IP4:
+            return _v4_group(int.from_bytes(raw, "big"), port)
+        if code == _IP6:
+            return _v6_group(int.from_bytes(raw, "big"), port)
+        if code in _DNS and text is not None:
+            return _dns_group(text)
+    for code, _text, _raw, offset in parts[1:]:
+        if code == _P2P:
+            end = offset  # the transport part, as strip_p2p
+            break
+    return "other:" + bytes_to_string(b[:end])
+
+
+def _group_of_parts(b: bytes, parts: list[_Part]) -> str:
+    for idx, part in enumerate(parts):
+        if part[0] == _CIRCUIT:
+            return "relay:" + _direct_group(b, parts[:idx], part[3])
+    return _direct_group(b, parts, len(b))
+
+
 def scope_of_bytes(b: bytes) -> AddrScope:
-    """:func:`scope_of` for a binary multiaddr, without building a Multiaddr when possible."""
-    ip = _fast_ip(b)
-    if ip is not None:
-        return _ip_scope(ip)
-    return scope_of(Multiaddr(b))
+    """:func:`scope_of` for a binary multiaddr (from a signed record); never raises.
+
+    Plain ``/ip4|ip6/A/tcp/P`` takes an integer-only fast path."""
+    kind = _plain_tcp(b)
+    if kind == 4:
+        return _v4_scope(int.from_bytes(b[1:5], "big"))
+    if kind == 6:
+        return _v6_scope(int.from_bytes(b[1:17], "big"))
+    parts = _parts(b)
+    return AddrScope.OTHER if parts is None else _scope_of_parts(parts)
 
 
 def group_of_bytes(b: bytes) -> str:
-    """:func:`network_group` for a binary multiaddr (fast path for plain TCP addresses)."""
-    ip = _fast_ip(b)
-    if ip is None:
-        return network_group(Multiaddr(b))
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return network_group(Multiaddr(b))
-    scope = _ip_scope(ip)
-    if scope.is_local or scope is AddrScope.UNSPECIFIED:
-        return f"local:{ip}:{int.from_bytes(b[-2:], 'big')}"
-    if isinstance(ip, ipaddress.IPv4Address):
-        return f"4:{b[1]}.{b[2]}"
-    net = ipaddress.IPv6Network((ip, 32), strict=False)
-    return "6:" + str(net.network_address).rstrip(":")
+    """:func:`network_group` for a binary multiaddr (from a signed record); never raises.
+
+    Bytes that are not a valid multiaddr are ``"other:invalid"``."""
+    kind = _plain_tcp(b)
+    if kind == 4:
+        return _v4_group(int.from_bytes(b[1:5], "big"), b[6] << 8 | b[7])
+    if kind == 6:
+        return _v6_group(int.from_bytes(b[1:17], "big"), b[18] << 8 | b[19])
+    parts = _parts(b)
+    return "other:invalid" if parts is None else _group_of_parts(b, parts)
 
 
 # Share classes of a set of addresses: who may be shown all of them.
@@ -302,27 +459,5 @@ def may_share(klass: int, requester_scope: AddrScope) -> bool:
 
 
 def network_group(ma: Multiaddr) -> str:
-    """The diversity group of an address (see the module docstring)."""
-    raw = ma.to_bytes()
-    if _fast_ip(raw) is not None:
-        return group_of_bytes(raw)
-    if is_relayed(ma):
-        text = str(ma)
-        relay_part = Multiaddr(text[: text.find("/p2p-circuit")])
-        return "relay:" + network_group(relay_part)
-    dns = _first_value(ma, ("dns", "dns4", "dns6", "dnsaddr"))
-    if dns is not None:
-        return "dns:" + dns[1].lower()
-    ip = ip_of(ma)
-    if ip is None:
-        return "other:" + str(strip_p2p(ma))
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    scope = _ip_scope(ip)
-    if scope.is_local or scope is AddrScope.UNSPECIFIED:
-        return f"local:{ip}:{port_of(ma)}"
-    if isinstance(ip, ipaddress.IPv4Address):
-        a, b, _, _ = ip.packed
-        return f"4:{a}.{b}"
-    net = ipaddress.IPv6Network((ip, 32), strict=False)
-    return "6:" + str(net.network_address).rstrip(":")
+    """The diversity group of an address (see the module docstring). Never raises."""
+    return group_of_bytes(ma.to_bytes())

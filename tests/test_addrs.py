@@ -1,14 +1,25 @@
-"""Address helpers: the fast binary paths agree with the general (string) ones."""
+"""Address helpers: the fast binary paths agree with the general ones; issue #8 regressions."""
 
 from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
-from prozchain_discovery.addrs import scope_of, strip_p2p, transport_and_scope
+from prozchain_discovery.addrs import (
+    AddressError,
+    AddrScope,
+    group_of_bytes,
+    network_group,
+    parse_multiaddr,
+    scope_of,
+    scope_of_bytes,
+    strip_p2p,
+    transport_and_scope,
+)
 from tests.conftest import identity
 
 PID = str(identity(77)[1])
@@ -36,13 +47,6 @@ def test_transport_and_scope_matches_strip_and_scope(text, with_id):
 
 
 # ---- issue #8: grouping and scope of addresses that embed an IPv4, and of DNS names --------
-
-from prozchain_discovery.addrs import (  # noqa: E402
-    AddrScope,
-    group_of_bytes,
-    network_group,
-    scope_of_bytes,
-)
 
 
 def _group(text: str) -> str:
@@ -135,3 +139,6 @@ def test_bytes_functions_never_raise_on_malformed_records():
         assert group_of_bytes(b) == "other:invalid", b
         ma = Multiaddr(b)  # multiaddr 0.2 does not validate bytes until used
         assert scope_of(ma) is AddrScope.OTHER and network_group(ma) == "other:invalid"
+        with pytest.raises(AddressError):  # observed addresses from peers come through here
+            parse_multiaddr(b)
+    assert parse_multiaddr(dns) == Multiaddr("/dns4/example.com/tcp/1")
