@@ -12,7 +12,13 @@ import trio
 from prozchain_discovery.net.frames import read_frame
 from prozchain_discovery.peerdb import PeerSource
 from prozchain_discovery.wire.framing import encode_frame
-from prozchain_discovery.wire.messages import PEX_PROTOCOL, PexRequest, PexResponse
+from prozchain_discovery.wire.messages import (
+    BOOTSTRAP_PROTOCOL,
+    PEX_PROTOCOL,
+    PexRequest,
+    PexResponse,
+)
+from tests.conftest import identity
 from tests.netutil import Net, addr_of, cfg, wait_until
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -47,7 +53,7 @@ async def test_rate_limited_requester_is_told_when_to_come_back():
         c = cfg(min_peers=1, pex=True)
         c = replace(c, pex=replace(c.pex, exchange_interval=30.0))
         a = await net.node(c)
-        raw = await net.host()
+        raw = await net.host(identity(960)[0])
         from libp2p.peer.peerinfo import info_from_p2p_addr
         from multiaddr import Multiaddr
 
@@ -68,6 +74,20 @@ async def test_rate_limited_requester_is_told_when_to_come_back():
         # -> disconnected
         await wait_until(lambda: raw.get_id() not in a.host.get_connected_peers(), timeout=3)
         assert a.metrics.get("pex_requests_served", verdict="abusive") == 1
+        # It comes back at once with the same identity: refused before any work, on both protocols.
+        assert a.metrics.get("bans", reason="ignored_rate_limit") == 1
+        again = await net.host(identity(960)[0])  # a new process, the same key
+        await again.connect(info_from_p2p_addr(Multiaddr(addr_of(a))))
+        served = a.metrics.get("pex_requests_served")
+        for proto in (PEX_PROTOCOL, BOOTSTRAP_PROTOCOL):
+            # The stream is reset as soon as it is negotiated: the caller sees its stream fail.
+            with trio.fail_after(3), pytest.raises(Exception):
+                s = await again.new_stream(a.local_id, [proto])
+                await s.write(encode_frame(PexRequest("prozchain-test", 10).encode()))
+                await read_frame(s)
+        await wait_until(lambda: a.metrics.get("refused_banned") == 2, timeout=3)
+        assert a.metrics.get("pex_requests_served") == served
+        assert a.status()["bans"]["banned_peers"] == 1
 
 
 async def test_wrong_network_pex():
