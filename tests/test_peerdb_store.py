@@ -270,3 +270,18 @@ async def test_async_store_keeps_changes_queued_when_the_disk_is_full(tmp_path):
         assert PeerStore(mnt / "peers.sqlite").load(again) == len(db)
     finally:
         await trio.run_process(["umount", "-l", str(mnt)], check=False)
+
+
+def test_groups_are_recomputed_on_load(tmp_path):
+    """A book saved under older grouping rules (a DNS name per group) loads under today's."""
+    path = tmp_path / "peers.sqlite"
+    db = PeerDatabase(rng=random.Random(1))
+    pid = identity(60)[1]
+    db.add_addrs(pid, [Multiaddr("/dns4/node7.seeds.example.com/tcp/4001")], PeerSource.DNS, 10.0)
+    store = PeerStore(path)
+    store.save_changes(db)
+    store._db.execute("UPDATE peers SET grp = 'dns:node7.seeds.example.com'")  # noqa: SLF001
+    store.close()
+    again = PeerDatabase(rng=random.Random(1))
+    PeerStore(path).load(again)
+    assert again.get(pid).group == "dns:example.com"

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from ..addrs import group_of_bytes
 from .core import PeerDatabase, PeerEntry, PeerSource
 
 __all__ = [
@@ -151,8 +152,12 @@ def entry_row(e: PeerEntry, offset: float) -> Row:
 
 def row_entry(row: Row, offset: float) -> PeerEntry:
     (pid, addrs, env, seq, fs, ls, la, lsu, att, fail, src, sp, sg, grp, tried) = row
-    e = PeerEntry(bytes(pid), _unpack_addrs(addrs), PeerSource(src), bytes(sp) if sp else None,
-                  str(sg), str(grp), _local(fs, offset))
+    raw_addrs = _unpack_addrs(addrs)
+    # The group is recomputed: grouping rules change (DNS names by registrable domain, IPv4
+    # embedded in IPv6) and an entry must land where a fresh add of it would.
+    group = group_of_bytes(raw_addrs[0]) if raw_addrs else str(grp)
+    e = PeerEntry(bytes(pid), raw_addrs, PeerSource(src), bytes(sp) if sp else None,
+                  str(sg), group, _local(fs, offset))
     e.envelope = bytes(env) if env else None
     e.seq = int(seq)
     e.last_seen = _local(ls, offset)
