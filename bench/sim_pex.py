@@ -48,7 +48,7 @@ from prozchain_discovery.bootstrap.protocol import (  # noqa: E402
     read_bootstrap_answer,
 )
 from prozchain_discovery.config import PexConfig  # noqa: E402
-from prozchain_discovery.peerdb import PeerDatabase, PeerDbConfig, PeerSource  # noqa: E402
+from prozchain_discovery.peerdb import PeerDatabase, PeerSource, PeerTableParams  # noqa: E402
 from prozchain_discovery.pex.policy import PeerExchange  # noqa: E402
 from prozchain_discovery.wire.messages import BootstrapRequest, PexRequest  # noqa: E402
 
@@ -110,10 +110,10 @@ class Sim:
         self.pex_cfg = PexConfig(min_peer_age=min_peer_age, exchange_interval=pex_interval,
                                  first_request_delay=0.5)
         self.db_cfg = (
-            PeerDbConfig(new_buckets=64, tried_buckets=16, bucket_size=32,
+            PeerTableParams(new_buckets=64, tried_buckets=16, bucket_size=32,
                          new_buckets_per_source_group=8, tried_buckets_per_group=2,
                          min_peer_age=min_peer_age)
-            if small_tables else PeerDbConfig(min_peer_age=min_peer_age)
+            if small_tables else PeerTableParams(min_peer_age=min_peer_age)
         )
         self.nodes: list[Node] = []
         self.by_id: dict[ID, int] = {}
@@ -133,7 +133,7 @@ class Sim:
                 continue
             return f"{a}.{self.rng.randint(0, 255)}.{self.rng.randint(0, 255)}.{self.rng.randint(1, 254)}"
 
-    def _make_node(self, i: int, attacker: bool, bootstrap: bool, cfg: PeerDbConfig | None = None) -> Node:
+    def _make_node(self, i: int, attacker: bool, bootstrap: bool, cfg: PeerTableParams | None = None) -> Node:
         key = create_new_key_pair(self.rng.getrandbits(256).to_bytes(32, "big"))
         pid = ID.from_pubkey(key.public_key)
         ip = self._public_ip()
@@ -447,7 +447,7 @@ def run(n: int, minutes: float, attackers: float, seed: int, probes: int, small:
     reached: dict[int, float] = {}
     for _ in range(probes):
         idx = len(sim.nodes)
-        sim._make_node(idx, attacker=False, bootstrap=False, cfg=PeerDbConfig(min_peer_age=sim.pex_cfg.min_peer_age))
+        sim._make_node(idx, attacker=False, bootstrap=False, cfg=PeerTableParams(min_peer_age=sim.pex_cfg.min_peer_age))
         probe_ids.append(idx)
 
     def on_pex(a: int) -> None:

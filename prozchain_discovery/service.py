@@ -44,7 +44,7 @@ from .guard import InboundGuard
 from .metrics import Metrics
 from .outbound.manager import OutboundManager
 from .peerbook import PeerBook
-from .peerdb import PeerDatabase, PeerDbConfig, PeerSource
+from .peerdb import PeerDatabase, PeerSource, PeerTableParams
 from .pex.service import PexService
 from .ports import ConnectedPeer, DialTransport
 from .status import StatusWriter
@@ -87,7 +87,7 @@ class DiscoveryService:
         static = [peer_of_addr(t) for t in cfg.bootstrap.static_peers]
         static_ids = {pid for pid, _ in static}
         db = peerdb or PeerDatabase(
-            PeerDbConfig(min_peer_age=cfg.pex.min_peer_age), rng=rng, local_peer_id=self.local_id,
+            PeerTableParams(min_peer_age=cfg.pex.min_peer_age), rng=rng, local_peer_id=self.local_id,
             debug=cfg.peerdb.debug_checks,
         )
         self.connections = conns = ConnectionTracker(

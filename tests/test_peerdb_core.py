@@ -8,7 +8,7 @@ import pytest
 from multiaddr import Multiaddr
 
 from prozchain_discovery.addrs import AddrScope
-from prozchain_discovery.peerdb import PeerDatabase, PeerDbConfig, PeerSource
+from prozchain_discovery.peerdb import PeerDatabase, PeerSource, PeerTableParams
 from prozchain_discovery.records import sign_record, verify_record
 from tests.conftest import identity
 
@@ -16,7 +16,7 @@ DAY = 86400.0
 
 
 def _db(**cfg) -> PeerDatabase:
-    return PeerDatabase(PeerDbConfig(**cfg), key=b"k" * 32, rng=random.Random(1), debug=True)
+    return PeerDatabase(PeerTableParams(**cfg), key=b"k" * 32, rng=random.Random(1), debug=True)
 
 
 def _rec(i: int, ip: str, seq: int = 1, extra: tuple[str, ...] = ()):
@@ -73,7 +73,7 @@ def test_addresses_capped():
 
 
 def test_one_source_group_reaches_bounded_buckets():
-    c = PeerDbConfig()
+    c = PeerTableParams()
     db = PeerDatabase(c, rng=random.Random(2))
     buckets = set()
     for i in range(3000):
@@ -83,7 +83,7 @@ def test_one_source_group_reaches_bounded_buckets():
 
 
 def test_tried_buckets_per_group_bounded():
-    c = PeerDbConfig()
+    c = PeerTableParams()
     db = PeerDatabase(c, rng=random.Random(2))
     buckets = {db._tried_slot(i.to_bytes(4, "big"), "4:66.66") // c.bucket_size for i in range(3000)}
     assert len(buckets) <= c.tried_buckets_per_group

@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
 from prozchain_discovery.addrs import AddrScope
-from prozchain_discovery.peerdb import PeerDatabase, PeerDbConfig, PeerSource
+from prozchain_discovery.peerdb import PeerDatabase, PeerSource, PeerTableParams
 from tests.conftest import identity
 
 # Small tables so collisions, evictions and test-before-evict happen often.
-SMALL = PeerDbConfig(new_buckets=8, tried_buckets=4, bucket_size=4, new_buckets_per_source_group=2,
+SMALL = PeerTableParams(new_buckets=8, tried_buckets=4, bucket_size=4, new_buckets_per_source_group=2,
                      tried_buckets_per_group=2, max_addrs_per_peer=3)
 
 op = st.tuples(

@@ -1,6 +1,6 @@
 """The peer database: an addrman-style new/tried table (``core``) and its sqlite store (``store``)."""
 
-from .core import PeerDatabase, PeerDbConfig, PeerDbInvariantError, PeerEntry, PeerSource
+from .core import PeerDatabase, PeerDbInvariantError, PeerEntry, PeerSource, PeerTableParams
 from .store import (
     AsyncPeerStore,
     FlushSchedule,
@@ -12,7 +12,7 @@ from .store import (
 
 __all__ = [
     "PeerDatabase",
-    "PeerDbConfig",
+    "PeerTableParams",
     "PeerDbInvariantError",
     "PeerEntry",
     "PeerSource",

@@ -30,7 +30,7 @@ Invariants (checked by :meth:`PeerDatabase.check`, after every mutation with ``d
 4. No entry is the local peer; addresses per entry <= ``max_addrs_per_peer``.
 5. An entry with an envelope has ``seq`` equal to that envelope's record seq (checked on add).
 
-Staleness (Bitcoin's ``IsTerrible``, parameters in :class:`PeerDbConfig`): an entry is
+Staleness (Bitcoin's ``IsTerrible``, parameters in :class:`PeerTableParams`): an entry is
 terrible if unseen for ``horizon_days``, if it failed ``max_retries`` times and never succeeded,
 or if it failed ``max_failures`` times with no success in ``min_fail_days``. Never within a
 minute of an attempt (so a peer being dialed is not dropped under our feet).
@@ -58,7 +58,7 @@ from ..records import VerifiedRecord
 
 __all__ = [
     "PeerSource",
-    "PeerDbConfig",
+    "PeerTableParams",
     "PeerEntry",
     "PeerDatabase",
     "PeerDbInvariantError",
@@ -81,7 +81,15 @@ class PeerDbInvariantError(AssertionError):
 
 
 @dataclass(frozen=True)
-class PeerDbConfig:
+class PeerTableParams:
+    """The table's shape and eviction constants (Bitcoin Core's addrman values, scaled).
+
+    Not an operator setting: those are :class:`~prozchain_discovery.config.PeerDbSettings`
+    (``[peerdb]`` in TOML: path, outbound target, flush interval). ``min_peer_age`` is only
+    the default for :meth:`PeerDatabase.get_peers_for_sharing`; the service copies it from
+    the one operator setting, ``[pex].min_peer_age``.
+    """
+
     new_buckets: int = 1024
     tried_buckets: int = 256
     bucket_size: int = 64
@@ -163,14 +171,14 @@ class PeerDatabase:
 
     def __init__(
         self,
-        config: PeerDbConfig | None = None,
+        config: PeerTableParams | None = None,
         *,
         key: bytes | None = None,
         rng: random.Random | None = None,
         local_peer_id: ID | None = None,
         debug: bool = False,
     ) -> None:
-        self.config = config or PeerDbConfig()
+        self.config = config or PeerTableParams()
         self.key = key if key is not None else os.urandom(32)
         if len(self.key) != 32:
             raise ValueError("bucketing key must be 32 bytes")
