@@ -173,6 +173,7 @@ class ConnectionTracker:
             "min_peers": self.min_peers,
             "joined_after": None if self.joined_at is None else round(self.joined_at - self.started_at, 3),
             "by_source": by_source,
+            "dial_intents": len(self._intents),
             "peers": [
                 {
                     "peer_id": str(cp.peer_id),
