@@ -8,6 +8,7 @@ one connection per peer (dials in ~5 ms instead of 250), py-libp2p's AutoConnect
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,34 +45,70 @@ def load_or_create_key(key_file: str | Path) -> tuple[KeyPair, bool]:
 
     Returns ``(key_pair, created)``. The file holds the libp2p protobuf encoding of the private
     key, the same format go-libp2p and js-libp2p write.
+
+    A new key is made only when nothing is at ``key_file``. Anything else that stands in the way
+    — a directory, a dangling symbolic link (the key's volume not mounted), a file that cannot be
+    read or is not a key — raises :class:`KeyFileError`: a new key would silently give the node
+    another peer id.
     """
     path = Path(key_file)
-    directory = path.parent
-    if path.exists():
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise KeyFileError(
-                f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
-            )
-        try:
-            private = deserialize_private_key(path.read_bytes())
-        except Exception as exc:
-            raise KeyFileError(
-                f"{path} is not a libp2p private key ({exc}); move it away to create a new "
-                "identity (the node's peer id will change)"
-            ) from exc
-        return KeyPair(private, private.get_public_key()), False
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pair = new_ed25519()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, pair.private_key.serialize())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return pair, True
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    except NotADirectoryError:
+        raise KeyFileError(f"identity key {path}: {path.parent} is not a directory") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read identity key {path}: {exc.strerror or exc}") from None
+    if st is None:
+        if path.is_symlink():
+            target = os.readlink(path)
+            raise KeyFileError(
+                f"identity key {path} is a symbolic link to {target}, which does not exist; "
+                "mount the volume that holds it, or remove the link to create a new identity "
+                "(the node's peer id will change)"
+            )
+        return _create_key(path), True
+    if stat.S_ISDIR(st.st_mode):
+        raise KeyFileError(f"identity key {path} is a directory, not a key file")
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"identity key {path} is not a regular file")
+    mode = st.st_mode & 0o777
+    if mode & 0o077:
+        raise KeyFileError(f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(
+            f"cannot read identity key {path}: {exc.strerror or exc}; fix access to it "
+            "(the node's peer id is in this file)"
+        ) from None
+    try:
+        private = deserialize_private_key(data)
+    except Exception as exc:
+        raise KeyFileError(
+            f"{path} is not a libp2p private key ({exc}); move it away to create a new "
+            "identity (the node's peer id will change)"
+        ) from exc
+    return KeyPair(private, private.get_public_key()), False
+
+
+def _create_key(path: Path) -> KeyPair:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pair = new_ed25519()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, pair.private_key.serialize())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        where = exc.filename or path
+        raise KeyFileError(f"cannot create identity key {path}: {where}: {exc.strerror or exc}") from None
+    return pair
 
 
 def make_host(
