@@ -153,7 +153,7 @@ class ConnectionTracker:
 
     def on_disconnected(self, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
-        if peer_id not in self.connected or self.host.get_network().get_connections(peer_id):
+        if peer_id not in self.connected or _other_open_connections(self.host, peer_id, conn):
             return
         del self.connected[peer_id]
         self._intents.pop(peer_id)
@@ -211,6 +211,22 @@ class _Notifee(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         self.tracker.bus.publish(ListenAddressesChanged())
+
+
+def _other_open_connections(host: IHost, peer_id: ID, closing: INetConn) -> bool:
+    """Whether ``peer_id`` has a live connection besides ``closing``.
+
+    py-libp2p 0.8.1's ``close_peer`` notifies ``disconnected`` *before* it drops the connection
+    from the swarm's table, so the closing connection itself is still listed then; counting it
+    kept every peer we disconnected ourselves in our table for good.
+    """
+    for other in host.get_network().get_connections(peer_id):
+        if other is closing or other.muxed_conn is closing.muxed_conn:
+            continue
+        if getattr(other, "is_closed", False) or getattr(other.muxed_conn, "is_closed", False):
+            continue
+        return True
+    return False
 
 
 def _is_outbound(conn: INetConn) -> bool:

@@ -2,20 +2,24 @@
 
 A peer that ignores ``RATE_LIMITED`` (or otherwise earns a :class:`~.events.Misbehaved` of
 severity >= 3) is banned by peer id and, past a threshold, by IP (bans.py has the rule and the
-escalating durations). The bootstrap and PEX handlers ask :meth:`refuses` first, so a banned
-peer that reconnects with the same identity costs one dictionary lookup per stream.
+escalating durations). A banned peer that connects again is disconnected as soon as the
+connection is up (go-libp2p's connection gater does the same after the security handshake),
+and the bootstrap and PEX handlers ask :meth:`refuses` before reading a byte, for streams that
+race the disconnect.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 from libp2p.abc import INetStream
+from libp2p.peer.id import ID
 
 from .bans import BanList
-from .events import EventBus, Misbehaved
+from .events import EventBus, Misbehaved, PeerConnected, Wakeup
 from .expiring import ExpiringMap
 from .metrics import Metrics
 from .net.exchange import observed_multiaddr
@@ -29,11 +33,60 @@ IP_MEMORY = 600.0  # how long a peer's IP is remembered for banning it
 
 
 class InboundGuard:
-    def __init__(self, *, bus: EventBus, metrics: Metrics, bans: BanList | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        bus: EventBus,
+        metrics: Metrics,
+        disconnect: Callable[[ID], Awaitable[None]],
+        bans: BanList | None = None,
+    ) -> None:
         self.bans = bans or BanList()
         self.metrics = metrics
+        self.disconnect = disconnect
         self._ips: ExpiringMap[bytes, str] = ExpiringMap(IP_MEMORY, 4096)  # peer -> last IP seen
+        self._to_drop: set[ID] = set()
+        # py-libp2p 0.8.1 keeps a second connection to a peer open but out of the swarm's table
+        # (one connection per peer), where host.disconnect cannot reach it: close it directly.
+        self._conns_to_close: set[Any] = set()
+        self._wake = Wakeup()
         bus.subscribe(Misbehaved, self._on_misbehaved)
+        bus.subscribe(PeerConnected, self._on_connected)
+
+    def _on_connected(self, ev: PeerConnected) -> None:
+        if ev.outbound:
+            return
+        ip = None
+        if ev.addr is not None:
+            ip = ev.addr.value_for_protocol(ev.addr.protocols()[0].code)
+        if self.bans.is_banned(ev.peer_id.to_bytes(), ip, trio.current_time()):
+            self._drop(ev.peer_id)
+
+    def _drop(self, peer_id: ID, muxed_conn: Any = None) -> None:
+        if len(self._to_drop) < 1024:
+            self._to_drop.add(peer_id)
+            if muxed_conn is not None:
+                self._conns_to_close.add(muxed_conn)
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            deadline = self.bans.next_deadline()
+            await self._wake.wait_until(deadline)
+            now = trio.current_time()
+            self.bans.on_timer(now)
+            self._ips.on_timer(now)
+            while self._conns_to_close:
+                conn = self._conns_to_close.pop()
+                with trio.move_on_after(2):
+                    try:
+                        await conn.close()
+                    except Exception as exc:  # already closing
+                        log.debug("closing a banned peer's connection: %s", exc)
+            while self._to_drop:
+                peer_id = self._to_drop.pop()
+                self.metrics.inc("banned_connections_closed")
+                await self.disconnect(peer_id)
 
     def _on_misbehaved(self, ev: Misbehaved) -> None:
         if ev.severity < BAN_SEVERITY:
@@ -53,11 +106,9 @@ class InboundGuard:
         now = trio.current_time()
         if ip is not None:
             self._ips.put(pid, ip, now)
-        self._ips.on_timer(now)
-        if (deadline := self.bans.next_deadline()) is not None and deadline <= now:
-            self.bans.on_timer(now)
         if self.bans.is_banned(pid, ip, now):
             self.metrics.inc("refused_banned")
+            self._drop(stream.muxed_conn.peer_id, stream.muxed_conn)
             return True
         return False
 

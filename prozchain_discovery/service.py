@@ -100,7 +100,7 @@ class DiscoveryService:
             host, cfg.bootstrap, connections=conns, book=book, bus=bus, metrics=metrics, rng=rng,
             addr_filter=addr_filter, transports=transports,
         )
-        self.guard = InboundGuard(bus=bus, metrics=metrics)
+        self.guard = InboundGuard(bus=bus, metrics=metrics, disconnect=dialer.disconnect)
         self.addresses = LocalAddresses(host, bus=bus, metrics=metrics)
         common: dict[str, Any] = {"connections": conns, "dialer": dialer, "bus": bus, "metrics": metrics}
         self.static = StaticPeers(host, static, **common)
@@ -180,7 +180,7 @@ class DiscoveryService:
             self.status_writer.write()
 
     def _components(self) -> list[object]:
-        running: list[object] = [self.book, self.addresses, self.static, self.cascade, self.outbound]
+        running: list[object] = [self.book, self.addresses, self.guard, self.static, self.cascade, self.outbound]
         if self.config.pex.enabled:
             running.append(self.pex)
         if self.config.bootstrap.enable_local_discovery:

@@ -143,3 +143,22 @@ async def test_a_failing_disk_shows_in_status_and_the_node_keeps_running(autojum
 
     again = PeerDatabase()
     assert PeerStore(tmp_path / "peers.sqlite").load(again) == 1
+
+
+async def test_a_banned_peer_is_disconnected_as_soon_as_it_connects(autojump_clock):
+    from prozchain_discovery.events import Misbehaved
+
+    _, abuser = identity(41)
+    host = FakeHost()
+    async with DiscoveryService(host, cfg(min_peers=1)).run() as svc:
+        await host.open(abuser)  # inbound
+        svc.bus.publish(Misbehaved(abuser, "ignored_rate_limit", 3))
+        await host.disconnect(abuser)
+        await host.open(abuser)  # back at once, same key
+        await trio.sleep(0.1)
+        assert abuser not in host.conns and abuser not in svc.connected
+        assert svc.metrics.get("banned_connections_closed") == 1
+        await trio.sleep(61.0)  # the first ban is 60 s
+        await host.open(abuser)
+        await trio.sleep(0.1)
+        assert abuser in svc.connected

@@ -3,6 +3,7 @@ answers are capped small, so PEX is what spreads the addresses."""
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
@@ -13,7 +14,6 @@ from prozchain_discovery.net.frames import read_frame
 from prozchain_discovery.peerdb import PeerSource
 from prozchain_discovery.wire.framing import encode_frame
 from prozchain_discovery.wire.messages import (
-    BOOTSTRAP_PROTOCOL,
     PEX_PROTOCOL,
     PexRequest,
     PexResponse,
@@ -78,14 +78,15 @@ async def test_rate_limited_requester_is_told_when_to_come_back():
         assert a.metrics.get("bans", reason="ignored_rate_limit") == 1
         again = await net.host(identity(960)[0])  # a new process, the same key
         await again.connect(info_from_p2p_addr(Multiaddr(addr_of(a))))
+        # Closed as soon as it is up (a connection gater's job), or, if a stream races that,
+        # the stream is reset before a byte of it is read and its connection closed.
         served = a.metrics.get("pex_requests_served")
-        for proto in (PEX_PROTOCOL, BOOTSTRAP_PROTOCOL):
-            # The stream is reset as soon as it is negotiated: the caller sees its stream fail.
-            with trio.fail_after(3), pytest.raises(Exception):
-                s = await again.new_stream(a.local_id, [proto])
-                await s.write(encode_frame(PexRequest("prozchain-test", 10).encode()))
-                await read_frame(s)
-        await wait_until(lambda: a.metrics.get("refused_banned") == 2, timeout=3)
+        with trio.move_on_after(3), contextlib.suppress(Exception):
+            s = await again.new_stream(a.local_id, [PEX_PROTOCOL])
+            await s.write(encode_frame(PexRequest("prozchain-test", 10).encode()))
+            await read_frame(s)
+        await wait_until(lambda: a.metrics.get("refused_banned") + a.metrics.get("banned_connections_closed") >= 1,
+                         timeout=3)
         assert a.metrics.get("pex_requests_served") == served
         assert a.status()["bans"]["banned_peers"] == 1
 
