@@ -25,6 +25,7 @@ Example ``node.toml``::
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -85,8 +86,7 @@ class BackoffConfig:
 
     def validate(self, prefix: str) -> None:
         for name in ("base", "step", "cap"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{prefix}.{name}", "must not be negative")
+            _non_negative(f"{prefix}.{name}", getattr(self, name))
         if not 0 <= self.jitter < 1:
             raise ConfigError(f"{prefix}.jitter", "must be in [0, 1)")
         if self.give_up_after < 1:
@@ -122,8 +122,11 @@ class BootstrapConfig:
             raise ConfigError(f"{prefix}.min_peers_for_startup", "must be at least 1")
         _positive(f"{prefix}.dial_timeout", self.dial_timeout)
         _positive(f"{prefix}.check_interval", self.check_interval)
-        if self.dns_lookup_interval < 0:
-            raise ConfigError(f"{prefix}.dns_lookup_interval", "must not be negative")
+        _non_negative(f"{prefix}.dns_lookup_interval", self.dns_lookup_interval)
+        if not 0 < self.dns_default_port < 65536:
+            raise ConfigError(f"{prefix}.dns_default_port", f"{self.dns_default_port} is not a port (1-65535)")
+        if self.request_max_peers < 1:
+            raise ConfigError(f"{prefix}.request_max_peers", "must be at least 1")
         if self.max_parallel_dials < 1:
             raise ConfigError(f"{prefix}.max_parallel_dials", "must be at least 1")
         self.dns.validate(f"{prefix}.dns")
@@ -153,9 +156,8 @@ class PexConfig:
             raise ConfigError(f"{prefix}.addr_fetch_per_round", "must not be negative")
         if not 1 <= self.max_peers_per_exchange <= 500:
             raise ConfigError(f"{prefix}.max_peers_per_exchange", "must be 1..500")
-        for name in ("min_peer_age", "exchange_interval", "first_request_delay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{prefix}.{name}", "must not be negative")
+        for name in ("min_peer_age", "exchange_interval", "first_request_delay", "addr_fetch_window"):
+            _non_negative(f"{prefix}.{name}", getattr(self, name))
         _positive(f"{prefix}.request_timeout", self.request_timeout)
 
 
@@ -173,6 +175,7 @@ class PeerDbSettings:
         if self.target_outbound < 0:
             raise ConfigError(f"{prefix}.target_outbound", "must not be negative")
         _positive(f"{prefix}.flush_interval", self.flush_interval)
+        _positive(f"{prefix}.feeler_interval", self.feeler_interval)
 
 
 @dataclass(frozen=True)
@@ -202,13 +205,13 @@ class DiscoveryConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def validate(self) -> DiscoveryConfig:
-        if not self.network_id or len(self.network_id.encode()) > 64:
-            raise ConfigError("network_id", "must be 1-64 bytes")
+        check_network_id(self.network_id)
         for i, text in enumerate(self.listen):
             try:
                 parse_multiaddr(text)
             except AddressError as exc:
                 raise ConfigError(f"listen[{i}]", str(exc)) from None
+        _non_negative("status_interval", self.status_interval)
         self.bootstrap.validate("bootstrap")
         self.pex.validate("pex")
         self.peerdb.validate("peerdb")
@@ -219,9 +222,26 @@ class DiscoveryConfig:
         return dataclasses.replace(self, **changes).validate()
 
 
+NETWORK_ID_RULE = "1-64 printable ASCII characters (letters, digits, punctuation; no spaces or control characters)"
+
+
+def check_network_id(network_id: str) -> None:
+    """Refuse a network id that is empty, long, or not printable ASCII (it goes into logs)."""
+    if not isinstance(network_id, str):
+        raise ConfigError("network_id", f"expected a string, got {network_id!r}")
+    if not 1 <= len(network_id) <= 64 or not all("!" <= c <= "~" for c in network_id):
+        shown = ascii(network_id) if len(network_id) <= 80 else ascii(network_id[:80]) + "..."
+        raise ConfigError("network_id", f"{shown} is not a network id: use {NETWORK_ID_RULE}")
+
+
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(name, f"must be positive, got {value}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(name, f"must be a positive number, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(name, f"must be a finite number, 0 or more, got {value}")
 
 
 def _full_multiaddr(name: str, text: str) -> None:
