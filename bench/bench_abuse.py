@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PROZCHAIN_DIAL_LOOPBACK_ONLY"] = "1"
 
+from prozchain_discovery.bans import BanList  # noqa: E402
 from prozchain_discovery.demo import demo_config  # noqa: E402
 from prozchain_discovery.host import make_host  # noqa: E402
 from prozchain_discovery.libp2p_fixes import run_host  # noqa: E402
@@ -96,11 +97,18 @@ async def _ping_loop(host, pid, until: float, out: list[float]) -> None:
         await trio.sleep(0.05)
 
 
+class _NoBans(BanList):
+    """The node before bans: nobody is ever banned (the PEX handler still disconnects abusers)."""
+
+    def ban(self, peer: bytes, ip: str | None, now: float, reason: str) -> float:
+        return 0.0
+
+    def is_banned(self, peer: bytes, ip: str | None, now: float) -> bool:
+        return False
+
+
 async def _phase(node: DiscoveryService, honest, seconds: float, guard: bool) -> dict[str, float]:
-    if not guard:
-        node.pex.refuses = node.bootstrap_server.refuses = lambda _s: False
-    else:
-        node.pex.refuses = node.bootstrap_server.refuses = node.guard.refuses
+    node.guard.bans = BanList() if guard else _NoBans()
     addr = f"{node.host.get_addrs()[0]}"
     served0 = node.metrics.get("pex_requests_served")
     refused0 = node.metrics.get("refused_banned")
@@ -141,7 +149,6 @@ async def main_async(seconds: float) -> None:
         quiet: list[float] = []
         await _ping_loop(honest, node.local_id, trio.current_time() + 2.0, quiet)
         before = await _phase(node, honest, seconds, guard=False)
-        node.guard.bans = type(node.guard.bans)()  # a clean slate for the guarded phase
         after = await _phase(node, honest, seconds, guard=True)
     print(f"honest ping with no flood: median {1000 * statistics.median(quiet):.2f} ms\n")
     print("| figure | no guard (before bans) | guard on |")

@@ -4,8 +4,8 @@ A peer that ignores ``RATE_LIMITED`` (or otherwise earns a :class:`~.events.Misb
 severity >= 3) is banned by peer id and, past a threshold, by IP (bans.py has the rule and the
 escalating durations). A banned peer that connects again is disconnected as soon as the
 connection is up (go-libp2p's connection gater does the same after the security handshake),
-and the bootstrap and PEX handlers ask :meth:`refuses` before reading a byte, for streams that
-race the disconnect.
+and the bootstrap and PEX handlers ask :meth:`refuses` before reading a byte; a refused stream
+is reset and the connection it came on closed at once (net/exchange.py ``refuse``).
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ class InboundGuard:
         self.disconnect = disconnect
         self._ips: ExpiringMap[bytes, str] = ExpiringMap(IP_MEMORY, 4096)  # peer -> last IP seen
         self._to_drop: set[ID] = set()
-        # py-libp2p 0.8.1 keeps a second connection to a peer open but out of the swarm's table
-        # (one connection per peer), where host.disconnect cannot reach it: close it directly.
-        self._conns_to_close: set[Any] = set()
         self._wake = Wakeup()
         bus.subscribe(Misbehaved, self._on_misbehaved)
         bus.subscribe(PeerConnected, self._on_connected)
@@ -62,11 +59,9 @@ class InboundGuard:
         if self.bans.is_banned(ev.peer_id.to_bytes(), ip, trio.current_time()):
             self._drop(ev.peer_id)
 
-    def _drop(self, peer_id: ID, muxed_conn: Any = None) -> None:
+    def _drop(self, peer_id: ID) -> None:
         if len(self._to_drop) < 1024:
             self._to_drop.add(peer_id)
-            if muxed_conn is not None:
-                self._conns_to_close.add(muxed_conn)
             self._wake.set()
 
     async def run(self) -> None:
@@ -76,13 +71,6 @@ class InboundGuard:
             now = trio.current_time()
             self.bans.on_timer(now)
             self._ips.on_timer(now)
-            while self._conns_to_close:
-                conn = self._conns_to_close.pop()
-                with trio.move_on_after(2):
-                    try:
-                        await conn.close()
-                    except Exception as exc:  # already closing
-                        log.debug("closing a banned peer's connection: %s", exc)
             while self._to_drop:
                 peer_id = self._to_drop.pop()
                 self.metrics.inc("banned_connections_closed")
@@ -108,7 +96,7 @@ class InboundGuard:
             self._ips.put(pid, ip, now)
         if self.bans.is_banned(pid, ip, now):
             self.metrics.inc("refused_banned")
-            self._drop(stream.muxed_conn.peer_id, stream.muxed_conn)
+            self._drop(stream.muxed_conn.peer_id)
             return True
         return False
 

@@ -99,7 +99,7 @@ class BootstrapServer:
     async def handle(self, stream: INetStream) -> None:
         caller = stream.muxed_conn.peer_id
         if self.refuses(stream):
-            await exchange.refuse(stream)
+            await exchange.refuse(stream, close_connection=True)
             return
 
         async def answer(data: bytes, s: INetStream) -> bytes:

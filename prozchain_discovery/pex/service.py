@@ -145,7 +145,7 @@ class PexService:
     async def handle(self, stream: INetStream) -> None:
         requester = stream.muxed_conn.peer_id
         if self.refuses(stream):
-            await exchange.refuse(stream)
+            await exchange.refuse(stream, close_connection=True)
             return
         verdict_box: list[Verdict] = []
 
