@@ -43,6 +43,8 @@ log = logging.getLogger("prozchain_discovery.peerbook")
 RECORD_TTL = 3600
 LEARN_WINDOW = 5.0  # how long after a connection we wait for identify to bring the record
 WRONG_NETWORK_TTL = 24 * 3600.0
+UNSUPPORTED_TTL = 3600.0  # a peer that said "na" is not asked again for an hour (or until it
+# lists the protocol in identify)
 
 
 class PeerBook:
@@ -69,6 +71,8 @@ class PeerBook:
         self.store: AsyncPeerStore | None = None
         self.flush = FlushSchedule(settings.flush_interval, trio.current_time())
         self.wrong_network: ExpiringMap[ID, str] = ExpiringMap(WRONG_NETWORK_TTL, 4096)
+        # Peers that answered multistream's "na" for one of our protocols (plain libp2p nodes).
+        self.unsupported: ExpiringMap[tuple[ID, str], bool] = ExpiringMap(UNSUPPORTED_TTL, 4096)
         self._to_learn: dict[ID, float] = {}  # connected peers whose record we wait for -> since
         self._learn_wake = trio.Event()
         bus.subscribe(PeerConnected, self._on_connected)
@@ -98,6 +102,23 @@ class PeerBook:
     # ---- the PeerBookView interface -----------------------------------------------------------
     def is_wrong_network(self, peer_id: ID) -> bool:
         return peer_id in self.wrong_network
+
+    def supports(self, peer_id: ID, protocol: str) -> bool | None:
+        """Whether ``peer_id`` speaks ``protocol``: from identify's protocol list, or a remembered
+        ``na``; None while we do not know (identify has not run yet)."""
+        try:
+            listed = self.host.get_peerstore().get_protocols(peer_id)
+        except Exception:  # py-libp2p raises PeerStoreError for a peer it has no data on
+            listed = []
+        if listed:
+            return protocol in listed
+        if (peer_id, protocol) in self.unsupported:
+            return False
+        return None
+
+    def note_unsupported(self, peer_id: ID, protocol: str) -> None:
+        self.unsupported.put((peer_id, protocol), True, self.now())
+        self.metrics.inc("peers_without_protocol", protocol=protocol)
 
     def accept_records(self, records: list[VerifiedRecord], source: PeerSource, from_peer: ID) -> int:
         now = self.now()
@@ -240,6 +261,7 @@ class PeerBook:
         if dropped:
             self.metrics.inc("peerdb_expired", dropped)
         self.wrong_network.on_timer(now)
+        self.unsupported.on_timer(now)
         if self.store is None:
             self.flush.on_success(now)
             return

@@ -304,3 +304,23 @@ async def test_loopback_only_guard_refuses_off_host_dials():
         assert await node.dialer.identify_bare([Multiaddr("/ip4/192.0.2.11/tcp/4001")]) == {}
         assert node.metrics.get("dials_refused_loopback_only") == 2
         assert node.metrics.get("dns_probes") == 0
+
+
+async def test_a_plain_libp2p_node_is_a_connection_but_never_asked_twice():
+    """A bootstrap address that turns out to be a libp2p node without our protocols."""
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        plain = await net.host()
+        c = cfg(bootstrap=(addr_of(plain),), min_peers=2, pex=True, check_interval=0.1)
+        node = await net.node(c)
+        await wait_until(lambda: node.metrics.get("peers_without_protocol") >= 1)
+        passes = node.cascade.schedule.passes
+        await wait_until(lambda: node.cascade.schedule.passes >= passes + 3)
+        assert plain.get_id() in node.connected  # still a connection
+        assert node.metrics.get("bootstrap_requests_failed") == 1  # asked once, then remembered
+        # PEX: at most the one request that may beat identify (its "na" is remembered too).
+        await wait_until(lambda: node.book.supports(plain.get_id(), "/prozchain/pex/1.0") is False)
+        sent = node.metrics.get("pex_requests_sent")
+        assert sent <= 1
+        await wait_until(lambda: node.cascade.schedule.passes >= passes + 6)
+        assert node.metrics.get("pex_requests_sent") == sent

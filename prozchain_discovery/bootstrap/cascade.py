@@ -179,6 +179,9 @@ class Cascade:
 
     async def bootstrap_request(self, peer_id: ID) -> RecordBatch | None:
         """The exchange itself: returns the answer's records unverified, or None on failure."""
+        if self.book.supports(peer_id, BOOTSTRAP_PROTOCOL) is False:
+            self.metrics.inc("requests_skipped_unsupported", protocol="bootstrap")
+            return None  # a plain libp2p node: a connection, never a bootstrap source
         want = self.boot.request_max_peers
         req = BootstrapRequest(self.config.network_id, want)
         started = trio.current_time()
@@ -189,6 +192,10 @@ class Cascade:
             resp = BootstrapResponse.decode(data)
         except (exchange.ExchangeError, DecodeError) as exc:
             self.metrics.inc("bootstrap_requests_failed")
+            if isinstance(exc, exchange.ExchangeError) and exc.kind == "unsupported":
+                self.book.note_unsupported(peer_id, BOOTSTRAP_PROTOCOL)
+                log.info("%s does not speak %s: kept as a connection, not asked again", peer_id, BOOTSTRAP_PROTOCOL)
+                return None
             log.info("bootstrap handshake with %s failed: %s", peer_id, exc)
             return None
         self.metrics.observe("bootstrap_round_trip_seconds", trio.current_time() - started)

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class ExchangeError(Exception):
-    """A request failed; ``kind`` is one of timeout, stream, framing, decode."""
+    """A request failed; ``kind`` is one of timeout, stream, framing, decode, unsupported (the
+    peer answered multistream-select's ``na``: it does not speak the protocol)."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
@@ -72,7 +73,8 @@ async def request(
         except Exception as exc:
             if stream is not None:
                 await _reset(stream)
-            raise ExchangeError("stream", f"{type(exc).__name__}: {exc}"[:200]) from exc
+            kind = "unsupported" if stream is None and _said_na(exc) else "stream"
+            raise ExchangeError(kind, f"{type(exc).__name__}: {exc}"[:200]) from exc
         await _close(stream)
         return data, stream
     if stream is not None:
@@ -114,6 +116,22 @@ async def serve(
             on_error("stream", exc)
         log.debug("stream error serving %s: %s", stream.get_protocol(), exc)
         await _reset(stream)
+
+
+def _said_na(exc: BaseException) -> bool:
+    """Whether stream negotiation failed because the peer does not speak the protocol.
+
+    py-libp2p 0.8.1 wraps multistream's ``na`` in ``StreamFailure`` from a
+    ``MultiselectClientError("protocols not supported: ...")``.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if "not supported" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 async def refuse(stream: INetStream, *, close_connection: bool = False) -> None:

@@ -63,6 +63,7 @@ class PexService:
         return [
             (cp.peer_id, cp.since) for cp in self.connections.peers()
             if cp.outbound and not self.book.is_wrong_network(cp.peer_id)
+            and self.book.supports(cp.peer_id, PEX_PROTOCOL) is not False
         ]
 
     async def run(self) -> None:
@@ -84,6 +85,9 @@ class PexService:
 
     async def request_peers(self, peer_id: ID) -> int:
         """One PEX exchange with ``peer_id``; returns how many records were accepted."""
+        if self.book.supports(peer_id, PEX_PROTOCOL) is False:
+            self.metrics.inc("requests_skipped_unsupported", protocol="pex")
+            return 0
         started = trio.current_time()
         req = self.policy.make_request(peer_id, started)
         self.metrics.inc("pex_requests_sent")
@@ -94,6 +98,8 @@ class PexService:
             resp = PexResponse.decode(data)
         except (exchange.ExchangeError, DecodeError) as exc:
             self.metrics.inc("pex_requests_failed")
+            if isinstance(exc, exchange.ExchangeError) and exc.kind == "unsupported":
+                self.book.note_unsupported(peer_id, PEX_PROTOCOL)
             log.debug("pex with %s failed: %s", peer_id, exc)
             return 0
         self.metrics.observe("pex_round_trip_seconds", trio.current_time() - started)
