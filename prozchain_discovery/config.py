@@ -43,6 +43,8 @@ __all__ = [
     "PexConfig",
     "PeerDbSettings",
     "ServerConfig",
+    "NatSettings",
+    "parse_stun_server",
     "DiscoveryConfig",
     "load_config",
     "config_from_dict",
@@ -179,6 +181,45 @@ class PeerDbSettings:
 
 
 @dataclass(frozen=True)
+class NatSettings:
+    """Seed §3.3: NAT classification (STUN, RFC 5780) and port mapping (NAT-PMP, UPnP IGD).
+
+    ``stun_servers`` are ``host:port`` or ``/ip4/<ip>/udp/<port>``; none means no STUN
+    classification. ``port_mapping`` asks the home gateway to forward our TCP listen port.
+    """
+
+    stun_servers: tuple[str, ...] = ()
+    port_mapping: bool = False
+    classify_interval: float = 1800.0  # and whenever our addresses change
+
+    def validate(self, prefix: str) -> None:
+        for i, text in enumerate(self.stun_servers):
+            try:
+                parse_stun_server(text)
+            except ValueError as exc:
+                raise ConfigError(f"{prefix}.stun_servers[{i}]", str(exc)) from None
+        _positive(f"{prefix}.classify_interval", self.classify_interval)
+
+
+def parse_stun_server(text: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``/ip4|ip6|dns/<host>/udp/<port>`` → (host, port)."""
+    if text.startswith("/"):
+        parts = text.strip("/").split("/")
+        if len(parts) == 4 and parts[0] in ("ip4", "ip6", "dns", "dns4", "dns6") and parts[2] == "udp":
+            host, port = parts[1], parts[3]
+        else:
+            raise ValueError(f"{text!r}: expected /ip4/<ip>/udp/<port>")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, "3478"
+        host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: expected HOST:PORT (e.g. stun.example.org:3478)")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How this node answers others."""
 
@@ -203,6 +244,7 @@ class DiscoveryConfig:
     pex: PexConfig = field(default_factory=PexConfig)
     peerdb: PeerDbSettings = field(default_factory=PeerDbSettings)
     server: ServerConfig = field(default_factory=ServerConfig)
+    nat: NatSettings = field(default_factory=NatSettings)
 
     def validate(self) -> DiscoveryConfig:
         check_network_id(self.network_id)
@@ -216,6 +258,7 @@ class DiscoveryConfig:
         self.pex.validate("pex")
         self.peerdb.validate("peerdb")
         self.server.validate("server")
+        self.nat.validate("nat")
         return self
 
     def replace(self, **changes: Any) -> DiscoveryConfig:

@@ -26,6 +26,8 @@ import trio
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
+from .nat.status import NatStatus
+
 __all__ = [
     "EventBus",
     "Wakeup",
@@ -38,6 +40,7 @@ __all__ = [
     "ListenAddressesChanged",
     "LocalAddressesChanged",
     "ReachabilityChanged",
+    "NatStatusChanged",
     "WrongNetwork",
     "Misbehaved",
 ]
@@ -106,6 +109,13 @@ class ReachabilityChanged:
     """Whether others can dial us directly ("public", "private", "unknown")."""
 
     reachability: str
+
+
+@dataclass(frozen=True, slots=True)
+class NatStatusChanged:
+    """The NAT component's view changed (classification, port mappings, reachability)."""
+
+    status: NatStatus
 
 
 @dataclass(frozen=True, slots=True)

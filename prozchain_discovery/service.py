@@ -36,12 +36,13 @@ from .bootstrap.cascade import Cascade, peer_of_addr
 from .bootstrap.local import LocalDiscovery
 from .bootstrap.server import BootstrapServer
 from .bootstrap.static import StaticPeers
-from .config import DiscoveryConfig
+from .config import DiscoveryConfig, parse_stun_server
 from .connections import ConnectionTracker
 from .dialer.dialer import AddrFilter, Dialer, loopback_only
 from .events import EventBus
 from .guard import InboundGuard
 from .metrics import Metrics
+from .nat.service import NatService
 from .outbound.manager import OutboundManager
 from .peerbook import PeerBook
 from .peerdb import PeerDatabase, PeerSource, PeerTableParams
@@ -112,6 +113,11 @@ class DiscoveryService:
             refuses=self.guard.refuses,
         )
         self.local = LocalDiscovery(host, cfg.bootstrap, connections=conns, dialer=dialer, book=book, metrics=metrics)
+        self.nat = NatService(
+            host, bus=bus, metrics=metrics, port_mapping=cfg.nat.port_mapping,
+            stun_servers=[parse_stun_server(t) for t in cfg.nat.stun_servers],
+            classify_interval=cfg.nat.classify_interval,
+        )
         self.status_writer = StatusWriter(
             self.status, data_dir=self.data_dir, interval=cfg.status_interval, metrics=metrics
         )
@@ -180,7 +186,8 @@ class DiscoveryService:
             self.status_writer.write()
 
     def _components(self) -> list[object]:
-        running: list[object] = [self.book, self.addresses, self.guard, self.static, self.cascade, self.outbound]
+        running: list[object] = [self.book, self.addresses, self.guard, self.nat, self.static, self.cascade,
+                                 self.outbound]
         if self.config.pex.enabled:
             running.append(self.pex)
         if self.config.bootstrap.enable_local_discovery:
@@ -198,7 +205,7 @@ class DiscoveryService:
             "uptime": round(now - self.started_at, 3),
         }
         for part in (self.connections, self.cascade, self.dialer, self.book, self.addresses,
-                     self.static, self.outbound, self.guard, self.local):
+                     self.static, self.outbound, self.guard, self.local, self.nat):
             st.update(part.status())
         if st["phase"] == "waiting" and st["connected"] >= self.min_peers:
             st["phase"] = "done"

@@ -3,8 +3,9 @@
 It re-signs our peer record (seq increases) whenever the addresses we advertise change and
 publishes :class:`~..events.LocalAddressesChanged`. Observed addresses
 (:class:`~..events.ObservedAddress`, from bootstrap answers) are kept with a TTL and a
-distinct-observer threshold (:mod:`.observed`); the NAT component will feed its verdicts here
-(docs/architecture.md).
+distinct-observer threshold (:mod:`.observed`). The NAT component feeds its verdicts here
+(docs/architecture.md): the external addresses of a :class:`~..events.NatStatusChanged` (port
+mappings) are advertised beside the listen addresses, and our record is re-signed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..events import (
     EventBus,
     ListenAddressesChanged,
     LocalAddressesChanged,
+    NatStatusChanged,
     ObservedAddress,
     Wakeup,
 )
@@ -44,9 +46,22 @@ class LocalAddresses:
         self.observed = ObservedAddrs()
         self.our_record: bytes | None = None
         self._advertised: list[str] = []
+        self.external: tuple[multiaddr.Multiaddr, ...] = ()  # from the NAT component
         self._wake = Wakeup()
         bus.subscribe(ListenAddressesChanged, lambda _ev: self._wake.set())
         bus.subscribe(ObservedAddress, self._on_observed)
+        bus.subscribe(NatStatusChanged, self._on_nat)
+
+    def _on_nat(self, ev: NatStatusChanged) -> None:
+        external = []
+        for text in ev.status.external_addrs:
+            try:
+                external.append(multiaddr.Multiaddr(text))
+            except Exception:  # the NAT component built it; still, never trust a string
+                self.metrics.inc("bad_external_addrs")
+        if tuple(external) != self.external:
+            self.external = tuple(external)
+            self.refresh()
 
     def _on_observed(self, ev: ObservedAddress) -> None:
         if self.observed.add(ev.addr, ev.reporter.to_bytes(), trio.current_time()):
@@ -59,6 +74,7 @@ class LocalAddresses:
         cannot be trimmed), so a node that has public addresses signs only those.
         """
         addrs = [strip_p2p(a) for a in self.host.get_addrs()]
+        addrs += [a for a in self.external if a not in addrs]  # mapped on the gateway
         public = [a for a in addrs if scope_of(a) in (AddrScope.PUBLIC, AddrScope.DNS)]
         return public or addrs
 
