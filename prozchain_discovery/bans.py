@@ -1,112 +1,219 @@
 """Bans for abusive peers (sans-IO): per peer id, and per IP once several ids abuse from it.
 
+Issue #8 §3: a peer disconnected for ignoring ``RATE_LIMITED`` came back at once with the same
+identity and was served again. The owner (guard.py) asks :meth:`BanList.is_banned` — two dict
+lookups — before any work on every inbound stream, and reports offences with :meth:`BanList.ban`.
+
 Rules:
 
-* ``ban(peer, ip, now)`` bans the peer id for ``base`` seconds, doubling with each repeated
-  offence up to ``cap`` (an offender that comes back after its ban is banned twice as long).
-* An IP is banned only when ``ip_threshold`` (2) distinct banned peer ids used it within the
-  IP window (``cap``): one abuser behind a NAT does not ban its neighbours at once, but a host
-  that mints identities to dodge the per-id ban loses its IP too, for as long as the longest
-  ban of its ids.
-* An offence history is forgotten after four times its last ban without a new offence.
-* At most ``max_entries`` peer entries: when full, the one that would be forgotten first goes.
+* **Peer ids.** ``ban(peer, ip, now, reason)`` bans the id for ``base`` seconds; each repeated
+  offence doubles it, up to ``cap`` (60 s, 120 s, ... 1 h). The returned duration is the peer's.
+* **IPs.** Every ban also records the id against its IP (the one given, or the last one known
+  for that id). An IP is banned only when ``ip_threshold`` (2) *distinct* peer ids were banned
+  from it within ``ip_window`` (600 s) — so one abuser behind a NAT does not ban its neighbours,
+  but a host that mints identities to dodge the per-id ban loses its IP. Each time an IP meets
+  the threshold again its own ban doubles (``base`` up to ``cap``), like an id's.
+* **Forgetting.** An offence history is forgotten after ``quiet_factor`` (4) times its last ban
+  with no new offence; an IP's once its ids are out of the window and it has been quiet as
+  long. A history past that point counts as forgotten even if :meth:`on_timer` has not run yet.
+* **Memory.** At most ``max_entries`` peer entries and as many IP entries (an IP keeps only its
+  ``ip_threshold`` most recent ids); when a table is full, the entry that would be forgotten
+  first goes. Timer rows are compacted, so memory stays flat under any sequence of calls.
 
-The core never reads a clock: the owner calls :meth:`on_timer` at :meth:`next_deadline`.
+Time is a float the owner passes in (``trio.current_time()``), never read here, and must not
+go backwards. A ban ends by itself (``is_banned`` compares ``now`` with its end); the timer is
+only for forgetting: the owner calls :meth:`on_timer` at :meth:`next_deadline`, which is never
+later than the earliest moment an entry is to be forgotten.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 __all__ = ["BanList"]
 
+K = TypeVar("K", bytes, str)
+
 
 @dataclass(slots=True)
-class _Offender:
+class _Peer:
     offences: int
-    until: float  # banned until (may be in the past: then only the history is kept)
+    since: float  # the last ban's start
+    until: float  # banned until (may be past: then only the history is kept)
     forget_at: float
     ip: str | None
     reason: str
 
 
+@dataclass(slots=True)
+class _Ip:
+    ids: dict[bytes, float]  # the ip_threshold most recently banned distinct ids -> when
+    offences: int = 0  # times the threshold was met
+    since: float = 0.0
+    until: float = 0.0  # banned until (0: never banned)
+    forget_at: float = float("-inf")
+
+
+class _Table(Generic[K]):
+    """A dict with a forget time per entry, its timer heap, and eviction of the soonest."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.items: dict[K, Any] = {}
+        self.heap: list[tuple[float, K]] = []  # (forget_at, key); rows no longer matching are stale
+        self.evicted = 0
+
+    def schedule(self, key: K, forget_at: float) -> None:
+        heapq.heappush(self.heap, (forget_at, key))
+        if len(self.heap) > 2 * len(self.items) + 64:  # stale rows from re-bans: rebuild
+            self.heap = [(e.forget_at, k) for k, e in self.items.items()]
+            heapq.heapify(self.heap)
+
+    def head(self) -> float | None:
+        heap, items = self.heap, self.items
+        while heap:
+            at, key = heap[0]
+            entry = items.get(key)
+            if entry is not None and entry.forget_at == at:
+                return at
+            heapq.heappop(heap)
+        return None
+
+    def expire(self, now: float) -> None:
+        while (at := self.head()) is not None and at <= now:
+            del self.items[heapq.heappop(self.heap)[1]]
+
+    def make_room(self) -> None:
+        while len(self.items) >= self.max_entries and self.head() is not None:
+            del self.items[heapq.heappop(self.heap)[1]]
+            self.evicted += 1
+
+
 class BanList:
     def __init__(
-        self, *, base: float = 60.0, cap: float = 3600.0, max_entries: int = 10_000, ip_threshold: int = 2
+        self,
+        *,
+        base: float = 60.0,
+        cap: float = 3600.0,
+        max_entries: int = 10_000,
+        ip_threshold: int = 2,
+        ip_window: float = 600.0,
+        quiet_factor: float = 4.0,
     ) -> None:
+        if not (0 < base <= cap) or max_entries < 1 or ip_threshold < 1 or ip_window < 0 or quiet_factor < 1:
+            raise ValueError("need 0 < base <= cap, max_entries >= 1, ip_threshold >= 1, quiet_factor >= 1")
         self.base = base
         self.cap = cap
         self.max_entries = max_entries
         self.ip_threshold = ip_threshold
-        self._peers: dict[bytes, _Offender] = {}
-        self._ips: dict[str, tuple[set[bytes], float]] = {}  # ip -> (banned ids, banned until)
-        self._heap: list[tuple[float, bytes]] = []  # (forget_at, peer): stale rows are skipped
+        self.ip_window = ip_window
+        self.quiet_factor = quiet_factor
+        self._peers: _Table[bytes] = _Table(max_entries)
+        self._ips: _Table[str] = _Table(max_entries)
         self.bans = 0
+        self.ip_bans = 0
 
     def __len__(self) -> int:
-        return len(self._peers)
+        """Peer ids remembered (banned now, or with an offence history)."""
+        return len(self._peers.items)
+
+    def _duration(self, offences: int) -> float:
+        return min(self.cap, self.base * 2.0 ** min(offences - 1, 64))
 
     def ban(self, peer: bytes, ip: str | None, now: float, reason: str) -> float:
-        """Ban ``peer`` (and maybe ``ip``); returns the ban's duration in seconds."""
+        """Ban ``peer`` (and, past the threshold, ``ip``); returns the peer's ban in seconds."""
         self.bans += 1
-        known = self._peers.get(peer)
-        offences = (known.offences + 1) if known is not None else 1
-        duration = min(self.cap, self.base * 2 ** (offences - 1))
-        if known is None and len(self._peers) >= self.max_entries:
-            self._evict_one()
-        entry = _Offender(offences, now + duration, now + 4 * duration, ip or (known.ip if known else None), reason)
-        self._peers[peer] = entry
-        heapq.heappush(self._heap, (entry.forget_at, peer))
-        if entry.ip is not None:
-            ids, until = self._ips.get(entry.ip, (set(), 0.0))
-            ids = {p for p in ids if p in self._peers and now - self._peers[p].until < self.cap}
-            ids.add(peer)
-            self._ips[entry.ip] = (ids, max(until, entry.until))
+        peers = self._peers.items
+        known: _Peer | None = peers.get(peer)
+        if known is not None and known.forget_at <= now:  # quiet long enough: a first offence
+            del peers[peer]
+            known = None
+        if known is None:
+            self._peers.make_room()
+            offences = 1
+        else:
+            offences = known.offences + 1
+            ip = ip or known.ip
+        duration = self._duration(offences)
+        entry = _Peer(offences, now, now + duration, now + self.quiet_factor * duration, ip, reason)
+        peers[peer] = entry
+        self._peers.schedule(peer, entry.forget_at)
+        if ip is not None:
+            self._ip_offence(ip, peer, now)
         return duration
 
+    def _ip_offence(self, ip: str, peer: bytes, now: float) -> None:
+        ips = self._ips.items
+        entry: _Ip | None = ips.get(ip)
+        if entry is not None and entry.forget_at <= now:
+            del ips[ip]
+            entry = None
+        if entry is None:
+            self._ips.make_room()
+            entry = ips[ip] = _Ip({})
+        ids = entry.ids
+        ids.pop(peer, None)
+        ids[peer] = now  # most recent last
+        while len(ids) > self.ip_threshold:
+            del ids[next(iter(ids))]
+        forget_at = now + self.ip_window
+        if len(ids) >= self.ip_threshold and min(ids.values()) >= now - self.ip_window:
+            entry.offences += 1
+            duration = self._duration(entry.offences)
+            entry.since = now
+            entry.until = max(entry.until, now + duration)
+            forget_at = max(forget_at, now + self.quiet_factor * duration)
+            self.ip_bans += 1
+        if forget_at > entry.forget_at:
+            entry.forget_at = forget_at
+            self._ips.schedule(ip, forget_at)
+
     def is_banned(self, peer: bytes, ip: str | None, now: float) -> bool:
-        entry = self._peers.get(peer)
+        """O(1): whether ``peer``, or ``ip``, is banned at ``now``."""
+        entry = self._peers.items.get(peer)
         if entry is not None and now < entry.until:
             return True
         if ip is None:
             return False
-        banned = self._ips.get(ip)
-        return banned is not None and len(banned[0]) >= self.ip_threshold and now < banned[1]
+        banned = self._ips.items.get(ip)
+        return banned is not None and now < banned.until
 
     def next_deadline(self) -> float | None:
-        while self._heap:
-            at, peer = self._heap[0]
-            entry = self._peers.get(peer)
-            if entry is not None and entry.forget_at == at:
-                return at
-            heapq.heappop(self._heap)
-        return None
+        """When :meth:`on_timer` next has something to forget (``None``: nothing remembered)."""
+        a, b = self._peers.head(), self._ips.head()
+        if a is None:
+            return b
+        return a if b is None else min(a, b)
 
     def on_timer(self, now: float) -> None:
-        """Forget offenders quiet for four times their last ban, and IP bans past their end."""
-        while (at := self.next_deadline()) is not None and at <= now:
-            _, peer = heapq.heappop(self._heap)
-            del self._peers[peer]
-        for ip in [ip for ip, (_ids, until) in self._ips.items() if until <= now]:
-            del self._ips[ip]
-
-    def _evict_one(self) -> None:
-        """Make room: the entry that would be forgotten first goes."""
-        if self.next_deadline() is not None:
-            _, peer = heapq.heappop(self._heap)
-            del self._peers[peer]
+        """Forget the histories whose quiet period ended by ``now``."""
+        self._peers.expire(now)
+        self._ips.expire(now)
 
     def snapshot(self, now: float, limit: int = 20) -> dict[str, Any]:
-        active = [(p, e) for p, e in self._peers.items() if now < e.until]
-        active.sort(key=lambda pe: -pe[1].until)
+        """Counts, and the ``limit`` most recent bans still running (peers and IPs)."""
+        peers = [(e.since, p, e) for p, e in self._peers.items.items() if now < e.until]
+        ips = [(e.since, ip, e) for ip, e in self._ips.items.items() if now < e.until]
+        recent: list[tuple[float, dict[str, Any]]] = [
+            (since, {"peer": p.hex()[:16], "for": round(e.until - now, 1), "offences": e.offences,
+                     "reason": e.reason})
+            for since, p, e in heapq.nlargest(limit, peers, key=lambda r: r[0])
+        ]
+        recent += [
+            (since, {"ip": ip, "for": round(e.until - now, 1), "offences": e.offences})
+            for since, ip, e in heapq.nlargest(limit, ips, key=lambda r: r[0])
+        ]
+        recent.sort(key=lambda r: -r[0])
         return {
-            "banned_peers": len(active),
-            "banned_ips": sum(1 for ids, until in self._ips.values() if len(ids) >= self.ip_threshold and now < until),
-            "remembered": len(self._peers),
-            "recent": [
-                {"peer": p.hex()[:16], "for": round(e.until - now, 1), "offences": e.offences, "reason": e.reason}
-                for p, e in active[:limit]
-            ],
+            "banned_peers": len(peers),
+            "banned_ips": len(ips),
+            "remembered": len(self._peers.items),
+            "remembered_ips": len(self._ips.items),
+            "timer_rows": len(self._peers.heap) + len(self._ips.heap),
+            "bans": self.bans,
+            "ip_bans": self.ip_bans,
+            "evicted": self._peers.evicted + self._ips.evicted,
+            "recent": [r for _, r in recent[:limit]],
         }
