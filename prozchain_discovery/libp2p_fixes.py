@@ -28,13 +28,18 @@ stock configuration and its absence with ours.
   still accepts connections (the host is "stopped" but dialable; every accepted connection
   then fails with ``LifecycleError``). :func:`run_host` closes the listeners on exit.
 * Bug 16 — libp2p's logger has ``propagate=False`` and no handler: :func:`route_libp2p_logs`
-  (called by the CLI, not at import) sends its warnings through the application's logging.
+  (called by the CLI, not at import) sends its warnings through the application's logging,
+  rate-limited per message, with the known shutdown noise demoted to DEBUG.
+
+Every patch checks that what it replaces exists and fails loudly (:class:`Libp2pPatchError`) at
+``make_host`` if a py-libp2p upgrade moved it, instead of silently patching nothing.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,6 +51,8 @@ from libp2p.network.config import ConnectionConfig
 from .addrs import AddrScope, scope_of
 
 __all__ = [
+    "Libp2pPatchError",
+    "identify_now",
     "safe_connection_config",
     "disable_auto_connector",
     "no_swarm_retries",
@@ -57,6 +64,22 @@ __all__ = [
     "run_host",
     "close_listeners",
 ]
+
+
+class Libp2pPatchError(RuntimeError):
+    """A workaround found py-libp2p without the thing it patches (an upgrade moved it)."""
+
+
+def _require(obj: Any, attr: str, patch: str) -> Any:
+    if not hasattr(obj, attr):
+        import libp2p
+
+        version = getattr(libp2p, "__version__", "?")
+        raise Libp2pPatchError(
+            f"{patch}: py-libp2p {version} has no {type(obj).__name__}.{attr}; this project "
+            "pins libp2p==0.8.1 (see prozchain_discovery/libp2p_fixes.py)"
+        )
+    return getattr(obj, attr)
 
 
 def safe_connection_config(dial_timeout: float = 10.0) -> ConnectionConfig:
@@ -91,19 +114,17 @@ class _InertAutoConnector:
     def set_discovery_callback(self, callback: Any) -> None:
         return None
 
-    def __getattr__(self, name: str) -> Any:
-        # Any other hook the swarm may call in a later 0.8.x: a no-op.
-        def _noop(*_args: Any, **_kwargs: Any) -> None:
-            return None
-
-        return _noop
+    # Exactly what py-libp2p 0.8.1 calls (start, stop, run_background_task, maybe_connect,
+    # record_disconnect, set_discovery_callback, _is_connecting). Anything else raises
+    # AttributeError: a no-op answering every name would hide a new async hook (a coroutine
+    # never awaited) or a property read behind None.
 
 
 def disable_auto_connector(host: Any) -> None:
     """Bug 9: stop py-libp2p from dialing every peerstore entry behind our back."""
     network = host.get_network()
-    if hasattr(network, "auto_connector"):
-        network.auto_connector = _InertAutoConnector()
+    _require(network, "auto_connector", "disable_auto_connector")
+    network.auto_connector = _InertAutoConnector()
 
 
 async def _reset_late_stream(stream: Any) -> None:
@@ -121,30 +142,65 @@ class _HandlerTable(dict):  # type: ignore[type-arg]
 
 
 def tolerate_handler_removal(host: Any) -> None:
-    mux = getattr(host, "multiselect", None)
-    if mux is not None and isinstance(mux.handlers, dict) and not isinstance(mux.handlers, _HandlerTable):
-        mux.handlers = _HandlerTable(mux.handlers)
+    """The handler-removal race (module docstring): a late lookup resets the stream."""
+    mux = _require(host, "multiselect", "tolerate_handler_removal")
+    handlers = _require(mux, "handlers", "tolerate_handler_removal")
+    if not isinstance(handlers, dict):
+        raise Libp2pPatchError(f"tolerate_handler_removal: multiselect.handlers is a {type(handlers).__name__}")
+    if not isinstance(handlers, _HandlerTable):
+        mux.handlers = _HandlerTable(handlers)
 
 
 def no_swarm_retries(host: Any) -> None:
     from libp2p.network.config import RetryConfig
 
     network = host.get_network()
-    if hasattr(network, "retry_config"):
-        network.retry_config = RetryConfig(max_retries=0)
+    _require(network, "retry_config", "no_swarm_retries")
+    network.retry_config = RetryConfig(max_retries=0)
 
 
 def defer_identify(host: Any, delay: float = 0.25) -> None:
-    original = getattr(host, "_identify_task_entry", None)
-    if original is None or getattr(original, "_deferred", False):
+    """Start identify ``delay`` s after a connection, except where it is needed at once.
+
+    Relayed connections (``/p2p-circuit``) and peers named by :func:`identify_now` (hole
+    punching needs the peer's addresses before it can punch) are identified immediately.
+    """
+    original = _require(host, "_identify_task_entry", "defer_identify")
+    if getattr(original, "_deferred", False):
         return
+    if not hasattr(host, "_prozchain_identify_now"):
+        host._prozchain_identify_now = set()
 
     async def deferred(peer_id: Any, reason: str) -> None:
-        await trio.sleep(delay)
+        if peer_id not in host._prozchain_identify_now and not _is_relayed_peer(host, peer_id):
+            await trio.sleep(delay)
+        host._prozchain_identify_now.discard(peer_id)
         await original(peer_id, reason)
 
     deferred._deferred = True  # type: ignore[attr-defined]
     host._identify_task_entry = deferred
+
+
+def identify_now(host: Any, peer_id: Any) -> None:
+    """The next identify of ``peer_id`` starts at once (no :func:`defer_identify` delay)."""
+    pending = getattr(host, "_prozchain_identify_now", None)
+    if pending is not None and len(pending) < 1024:
+        pending.add(peer_id)
+
+
+def _is_relayed_peer(host: Any, peer_id: Any) -> bool:
+    try:
+        conns = host.get_network().get_connections(peer_id)
+    except Exception:  # a host without the method: treat as direct
+        return False
+    for conn in conns:
+        try:
+            addrs = conn.get_transport_addresses()
+        except Exception:
+            continue
+        if any("/p2p-circuit" in str(a) for a in addrs):
+            return True
+    return False
 
 
 def local_interface_ips() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -206,15 +262,80 @@ def expand_wildcard_addrs(
     return factory
 
 
-def route_libp2p_logs(level: int = logging.WARNING) -> None:
-    """Bug 16: make libp2p's warnings go through the application's handlers, at ``level``."""
+# Messages py-libp2p logs at WARNING/ERROR for every stream torn down while a host stops.
+SHUTDOWN_NOISE = (
+    "Error resetting stream",
+    "Error closing muxed connection",
+    "Error while closing muxed connection",
+    "Error closing connection",
+    "Failed to send GO_AWAY",
+    "LifecycleError",
+    "Stream closed",
+    "stream reset",
+)
+
+
+class RateLimitFilter(logging.Filter):
+    """At most ``rate_per_minute`` records per message template and logger each minute; then one
+    "suppressed N similar" line when the minute is over. Known shutdown noise goes to DEBUG."""
+
+    def __init__(self, rate_per_minute: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.rate = rate_per_minute
+        self.clock = clock
+        self._windows: dict[tuple[str, str], list[float]] = {}  # key -> [window start, count, suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("libp2p"):
+            return True  # installed on the application's handlers: only libp2p's records
+        verdict = getattr(record, "_prozchain_rate_verdict", None)
+        if verdict is None:  # one decision per record, however many handlers ask
+            verdict = self._decide(record)
+            record._prozchain_rate_verdict = verdict
+        return bool(verdict)
+
+    def _decide(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if record.levelno > logging.DEBUG and any(n in text or n in record.getMessage() for n in SHUTDOWN_NOISE):
+            if logging.getLogger("libp2p").getEffectiveLevel() > logging.DEBUG:
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        key = (record.name, text[:200])
+        now = self.clock()
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= 60.0:
+            if window is not None and window[2]:
+                record.msg = f"{record.msg} (and {int(window[2])} similar in the last minute, suppressed)"
+            if len(self._windows) > 1000:
+                self._windows.clear()  # bounded: a flood of distinct messages resets the table
+            self._windows[key] = [now, 1, 0]
+            return True
+        window[1] += 1
+        if window[1] <= self.rate:
+            return True
+        window[2] += 1
+        return False
+
+
+def route_libp2p_logs(level: int = logging.WARNING, *, rate_per_minute: int = 10,
+                      clock: Callable[[], float] = time.monotonic) -> RateLimitFilter:
+    """Bug 16: libp2p's records at ``level`` and above go through the application's handlers,
+    rate-limited (:class:`RateLimitFilter` on the root logger's handlers: a logger's own filters
+    do not see its children's records). Idempotent: a second call replaces the filter."""
     lg = logging.getLogger("libp2p")
     lg.propagate = True
     lg.setLevel(level)
+    limiter = RateLimitFilter(rate_per_minute, clock)
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, RateLimitFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(limiter)
     # Some libp2p modules pin their own level to INFO (e.g. the auto connector); quiet them.
     for name, obj in list(logging.root.manager.loggerDict.items()):
         if name.startswith("libp2p.") and isinstance(obj, logging.Logger):
             obj.setLevel(level)
+            obj.propagate = True
+    return limiter
 
 
 async def close_listeners(host: Any) -> None:
