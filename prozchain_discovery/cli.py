@@ -6,7 +6,10 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
+import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,56 @@ examples:
   prozchain-discovery node --listen /ip4/0.0.0.0/tcp/4001 --bootstrap-node
   prozchain-discovery node --bootstrap /ip4/192.0.2.7/tcp/4001/p2p/12D3KooW... --mdns
   prozchain-discovery node --dns-seed /dnsaddr/seed.example.org --dns-server 127.0.0.1:5353
+  prozchain-discovery node --metrics-listen 127.0.0.1:9464
   prozchain-discovery status --data-dir ~/.local/share/prozchain-discovery
   prozchain-discovery demo --nodes 30
 """
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level (choose from {', '.join(LOG_LEVELS)})")
+    return text.upper()
+
+
+def _metrics_listen(text: str) -> tuple[str, int]:
+    from .metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -41,7 +91,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "node",
         help="run a discovery node until Ctrl-C or SIGTERM",
         description="Run a node. Command-line options override the config file. At start-up "
-        "each listen address is printed with /p2p/<peer id>, one per line.",
+        "each listen address is printed with /p2p/<peer id>, one per line, once the node is up.",
     )
     node.add_argument("--config", metavar="FILE", help="TOML config (see README for the fields)")
     node.add_argument("--listen", metavar="MA", action="append",
@@ -56,7 +106,7 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="resolver for DNS seeds (default: the system resolver)")
     node.add_argument("--network-id", metavar="ID", help="network to join (default prozchain-mainnet)")
     node.add_argument("--mdns", action="store_true", help="enable local discovery with mDNS")
-    node.add_argument("--min-peers", type=int, metavar="N",
+    node.add_argument("--min-peers", type=_at_least_one, metavar="N",
                       help="stop the cascade at N connected peers (default 8)")
     node.add_argument("--bootstrap-node", action="store_true",
                       help="serve larger bootstrap answers (for nodes listed as bootstrap nodes)")
@@ -65,9 +115,13 @@ def _build_parser() -> argparse.ArgumentParser:
     node.add_argument("--data-dir", metavar="DIR",
                       help="where the key, peer database and status live "
                       "(default $XDG_DATA_HOME/prozchain-discovery)")
-    node.add_argument("--status-interval", type=float, metavar="S",
+    node.add_argument("--status-interval", type=_seconds, metavar="S",
                       help="log a status line every S seconds (default 30; 0 = off)")
-    node.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    node.add_argument("--metrics-listen", type=_metrics_listen, metavar="HOST:PORT",
+                      help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+                      "e.g. 127.0.0.1:9464 — kubo serves its own at 127.0.0.1:5001/debug/metrics/prometheus)")
+    node.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL",
+                      help="DEBUG, INFO, WARNING or ERROR (default INFO)")
 
     status = sub.add_parser("status", help="show a running node's peers, their sources and backoff")
     status.add_argument("--data-dir", metavar="DIR", help="the node's data dir")
@@ -80,18 +134,69 @@ def _build_parser() -> argparse.ArgumentParser:
         "progress while they join, then prints a summary table and writes a picture of the "
         "overlay graph (SVG).",
     )
-    demo.add_argument("--nodes", type=int, default=30, help="number of joining nodes (default 30)")
-    demo.add_argument("--min-peers", type=int, default=8, help="peers each node wants (default 8)")
-    demo.add_argument("--bootstrap-answer", type=int, default=4,
+    demo.add_argument("--nodes", type=_at_least_one, default=30, help="number of joining nodes (default 30)")
+    demo.add_argument("--min-peers", type=_at_least_one, default=8, help="peers each node wants (default 8)")
+    demo.add_argument("--bootstrap-answer", type=_at_least_one, default=4,
                       help="records per bootstrap answer (small so PEX does the spreading; default 4)")
     demo.add_argument("--out", default="demo-out", help="directory for the graph and summary")
-    demo.add_argument("--timeout", type=float, default=60.0, help="give up after S seconds")
-    demo.add_argument("--log-level", default="WARNING")
+    demo.add_argument("--timeout", type=_positive_seconds, default=60.0, help="give up after S seconds")
+    demo.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL",
+                      help="DEBUG, INFO, WARNING or ERROR (default WARNING)")
     return parser
+
+
+class CliError(Exception):
+    """An operator's problem, already worded as the one line to print after ``error:``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _split_host_port(text: str) -> tuple[str, str]:
+    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address → (host, port text)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else rest
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""  # a name, or an IPv6 address without a port
+
+
+def _flag_for(field_name: str, args: argparse.Namespace, before: DiscoveryConfig) -> str | None:
+    """The command-line option that set config field ``field_name``, if one did."""
+    simple = {
+        "network_id": "--network-id", "status_interval": "--status-interval", "data_dir": "--data-dir",
+        "bootstrap.min_peers_for_startup": "--min-peers",
+    }
+    if field_name in simple and getattr(args, simple[field_name].lstrip("-").replace("-", "_")) is not None:
+        return simple[field_name]
+    if field_name.startswith("listen[") and args.listen:
+        return "--listen"
+    if field_name.startswith("bootstrap.dns.") and args.dns_server:
+        return "--dns-server"
+    for name, flag in (("bootstrap_nodes", "--bootstrap"), ("static_peers", "--static"), ("dns_seeds", "--dns-seed")):
+        prefix = f"bootstrap.{name}["
+        if field_name.startswith(prefix):
+            index = int(field_name[len(prefix):].rstrip("]"))
+            if index >= len(getattr(before.bootstrap, name)):
+                return flag
+    return None
 
 
 def _node_config(args: argparse.Namespace) -> DiscoveryConfig:
     cfg = load_config(args.config) if args.config else DiscoveryConfig()
+    try:
+        return _apply_flags(cfg, args)
+    except ConfigError as exc:
+        flag = _flag_for(exc.field, args, cfg)
+        if flag is None:
+            raise
+        raise CliError(f"{flag}: {exc.problem}", code=2) from None
+
+
+def _apply_flags(cfg: DiscoveryConfig, args: argparse.Namespace) -> DiscoveryConfig:
     boot = cfg.bootstrap
     changes: dict[str, Any] = {}
     if args.bootstrap:
@@ -104,21 +209,17 @@ def _node_config(args: argparse.Namespace) -> DiscoveryConfig:
         changes["enable_local_discovery"] = True
     if args.min_peers is not None:
         changes["min_peers_for_startup"] = args.min_peers
-    if args.dns_server:
-        host, _, port = args.dns_server.rpartition(":") if ":" in args.dns_server else (args.dns_server, "", "")
-        if not host:
-            host, port = args.dns_server, ""
-        try:
-            dns = dataclasses.replace(boot.dns, nameservers=(host,), port=int(port) if port else 53)
-        except ValueError:
-            raise ConfigError("--dns-server", f"{args.dns_server!r}: expected HOST or HOST:PORT") from None
-        changes["dns"] = dns
+    if args.dns_server is not None:
+        host, port = _split_host_port(args.dns_server)
+        if not host or (port and not port.isdigit()):
+            raise ConfigError("bootstrap.dns", f"{args.dns_server!r}: expected HOST or HOST:PORT")
+        changes["dns"] = dataclasses.replace(boot.dns, nameservers=(host,), port=int(port) if port else 53)
     top: dict[str, Any] = {}
     if changes:
         top["bootstrap"] = dataclasses.replace(boot, **changes)
     if args.listen:
         top["listen"] = tuple(args.listen)
-    if args.network_id:
+    if args.network_id is not None:
         top["network_id"] = args.network_id
     if args.bootstrap_node:
         top["server"] = dataclasses.replace(cfg.server, bootstrap_node=True)
@@ -126,7 +227,7 @@ def _node_config(args: argparse.Namespace) -> DiscoveryConfig:
         top["status_interval"] = args.status_interval
     elif cfg.status_interval == 0:
         top["status_interval"] = 30.0
-    if args.data_dir:
+    if args.data_dir is not None:
         top["data_dir"] = args.data_dir
     return cfg.replace(**top) if top else cfg.validate()
 
@@ -139,32 +240,89 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # libp2p logs every torn-down stream at ERROR during shutdown; only DEBUG shows them.
-    route_libp2p_logs(logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG)
+    # libp2p's own warnings and errors go to our log (rate-limited there); its debug chatter
+    # only with --log-level DEBUG.
+    route_libp2p_logs(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
 
 
-async def _run_node(cfg: DiscoveryConfig, key_file: Path, data_dir: Path) -> None:
+def _prepare_data_dir(path: Path, label: str) -> None:
+    """Make sure ``path`` is a directory this process can write, creating it (0700) if absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise CliError(
+                f"{label} {path}: is a symbolic link to {os.readlink(path)}, which does not exist "
+                "(is its volume mounted?)", code=2,
+            ) from None
+        try:
+            path.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
+            raise CliError(f"{label} {path}: cannot create it: {exc.strerror}{where}", code=2) from None
+        return
+    except NotADirectoryError:
+        parent = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), path.parent)
+        raise CliError(f"{label} {path}: {parent} is a file, not a directory", code=2) from None
+    except OSError as exc:  # no access to a parent (EACCES), EIO, ELOOP
+        raise CliError(f"{label} {path}: {exc.strerror}", code=2) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CliError(f"{label} {path}: is a file, not a directory", code=2)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CliError(f"{label} {path}: not writable by this user", code=2)
+
+
+def _listen_addrs(cfg: DiscoveryConfig) -> list[str]:
+    """The listen addresses this node can use; a warning for each other, an error if none."""
+    from .listen import check_listen_addrs
+
+    ok, failed = check_listen_addrs(cfg.listen)
+    if not ok:
+        raise CliError("cannot listen on " + "; ".join(f"{a}: {why}" for a, why in failed))
+    for addr, why in failed:
+        log.warning("cannot listen on %s: %s; going on without it", addr, why)
+    return ok
+
+
+async def _run_node(
+    cfg: DiscoveryConfig,
+    key: Any,
+    listen: list[str],
+    data_dir: Path,
+    metrics_listen: tuple[str, int] | None = None,
+) -> None:
+    import multiaddr
     import trio
 
-    from .host import load_or_create_key, make_host
+    from .host import make_host
     from .libp2p_fixes import run_host
+    from .listen import not_listening
+    from .metrics import serve_metrics
     from .service import DiscoveryService
 
-    key, created = load_or_create_key(key_file)
-    log.info("%s identity key %s", "created" if created else "loaded", key_file)
-    host = make_host(key, listen_addrs=cfg.listen, dial_timeout=cfg.bootstrap.dial_timeout)
-    import multiaddr
-
+    host = make_host(key, listen_addrs=listen, dial_timeout=cfg.bootstrap.dial_timeout)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with run_host(host, [multiaddr.Multiaddr(a) for a in cfg.listen]):
-            for addr in host.get_addrs():
-                print(addr, flush=True)
-            async with DiscoveryService(host, cfg, data_dir=data_dir).run() as svc:
+        async with run_host(host, [multiaddr.Multiaddr(a) for a in listen]):
+            missing = not_listening(host, listen)
+            if len(missing) == len(listen):
+                raise CliError("cannot listen on " + ", ".join(missing) + " (see --log-level DEBUG)")
+            for addr in missing:
+                log.warning("cannot listen on %s; going on without it (see --log-level DEBUG)", addr)
+            async with DiscoveryService(host, cfg, data_dir=data_dir).run() as svc, trio.open_nursery() as nursery:
                 log.info("node %s on network %r", svc.local_id, cfg.network_id)
+                if metrics_listen is not None:
+                    try:
+                        await nursery.start(serve_metrics, svc.metrics, *metrics_listen)
+                    except OSError as exc:
+                        raise CliError(f"--metrics-listen: {exc.strerror or exc}") from None
+                # Printed once everything is up: a script that reads the first line can dial it.
+                for addr in host.get_addrs():
+                    print(addr, flush=True)
                 _freeze_startup_heap()
                 async for signum in signals:
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     break
+                nursery.cancel_scope.cancel()
     log.info("stopped cleanly")
 
 
@@ -182,28 +340,67 @@ def _freeze_startup_heap() -> None:
     log.debug("%d start-up objects moved out of the collector's scans", gc.get_freeze_count())
 
 
+def _sole(exc: BaseException) -> BaseException:
+    """The one exception inside ``exc`` when trio wrapped it in groups (raised in a nursery)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
-    from .host import KeyFileError, default_data_dir
+    from .host import KeyFileError, default_data_dir, load_or_create_key
 
     _setup_logging(args.log_level)
     try:
         cfg = _node_config(args)
-    except ConfigError as exc:
+        listen = _listen_addrs(cfg)
+        if args.data_dir is not None:
+            data_dir, label = Path(args.data_dir), "--data-dir"
+        elif cfg.data_dir:
+            data_dir, label = Path(cfg.data_dir), "data_dir"
+        else:
+            data_dir, label = default_data_dir(), "data dir"
+        _prepare_data_dir(data_dir, label)
+        key_file = Path(args.key_file) if args.key_file else data_dir / "identity.key"
+        key, created = load_or_create_key(key_file)
+        log.info("%s identity key %s", "created" if created else "loaded", key_file)
+        trio.run(_run_node, cfg, key, listen, data_dir, args.metrics_listen)
+    except BaseException as raised:
+        exc = _sole(raised)
+        if isinstance(exc, CliError):
+            code = exc.code
+        elif isinstance(exc, ConfigError | KeyFileError):
+            code = 2
+        elif isinstance(exc, OSError):
+            code = 1
+        else:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
-    key_file = Path(args.key_file) if args.key_file else data_dir / "identity.key"
-    try:
-        trio.run(_run_node, cfg, key_file, data_dir)
-    except KeyFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return code
     return 0
+
+
+def _status_lines(st: dict[str, Any]) -> list[str]:
+    """The text of ``prozchain-discovery status``; KeyError/TypeError/ValueError on a bad shape."""
+    out = [
+        f"peer id    {st['peer_id']}",
+        f"network    {st['network_id']}    phase {st['phase']}    uptime {float(st['uptime']):.0f} s",
+        f"peers      {st['connected']} connected ({st['outbound']} outbound), want {st['min_peers']}",
+        f"sources    {', '.join(f'{k}={v}' for k, v in sorted(st['by_source'].items())) or '-'}",
+        f"peer book  {st['peerdb']}",
+        "",
+        f"{'peer':<54} {'source':<10} {'dir':<4} {'for(s)':>7}  addr",
+    ]
+    for p in st["peers"]:
+        out.append(f"{p['peer_id']:<54} {p['source']:<10} {p['direction']:<4} {p['for']:>7}  {p['addr']}")
+    if st.get("backoff"):
+        out += ["", f"{'backing off':<54} {'fails':>5} {'retry in':>9}  last error"]
+        for key, b in st["backoff"].items():
+            retry = "gave up" if b["given_up"] else f"{b['retry_in']}s"
+            out.append(f"{key:<54} {b['failures']:>5} {retry:>9}  {str(b['last_error'])[:60]}")
+    return out
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -211,29 +408,33 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     path = data_dir / "status.json"
+    unreadable = "the node may be writing it, or it is from another version; try again"
     try:
-        st = json.loads(path.read_text())
+        st = json.loads(path.read_bytes())
     except FileNotFoundError:
         print(f"no status at {path}: is a node running with --data-dir {data_dir}?", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        print(f"error: {path} is not valid JSON ({exc}); {unreadable}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
-    print(f"peer id    {st['peer_id']}")
-    print(f"network    {st['network_id']}    phase {st['phase']}    uptime {st['uptime']:.0f} s")
-    print(f"peers      {st['connected']} connected ({st['outbound']} outbound), want {st['min_peers']}")
-    print(f"sources    {', '.join(f'{k}={v}' for k, v in sorted(st['by_source'].items())) or '-'}")
-    print(f"peer book  {st['peerdb']}")
-    print()
-    print(f"{'peer':<54} {'source':<10} {'dir':<4} {'for(s)':>7}  addr")
-    for p in st["peers"]:
-        print(f"{p['peer_id']:<54} {p['source']:<10} {p['direction']:<4} {p['for']:>7}  {p['addr']}")
-    if st.get("backoff"):
-        print()
-        print(f"{'backing off':<54} {'fails':>5} {'retry in':>9}  last error")
-        for key, b in st["backoff"].items():
-            retry = "gave up" if b["given_up"] else f"{b['retry_in']}s"
-            print(f"{key:<54} {b['failures']:>5} {retry:>9}  {b['last_error'][:60]}")
+    if not isinstance(st, dict):
+        print(f"error: {path} holds a JSON {type(st).__name__}, not a status object; {unreadable}", file=sys.stderr)
+        return 1
+    try:
+        lines = _status_lines(st)
+    except KeyError as exc:
+        print(f"error: {path} has no {exc} field; {unreadable}", file=sys.stderr)
+        return 1
+    except (TypeError, ValueError, AttributeError) as exc:
+        print(f"error: {path} has a field of the wrong type ({exc}); {unreadable}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
     return 0
 
 
