@@ -15,8 +15,10 @@ session, so two test sessions on one machine take turns instead of tearing down 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -40,14 +42,37 @@ def lab_prerequisites() -> None:
                         "`python -m interop.natlab install` (make test does it)")
 
 
+# Each test module that imports ``natlab`` gets its own copy of the fixture (pytest keys fixtures
+# by where they are defined), so the lab itself is shared here: built by the first user, torn down
+# (and its lock let go) after the last one.
+_shared: dict[str, Any] = {"lab": None, "users": 0, "stack": None}
+
+
+def _acquire() -> Lab:
+    if _shared["users"] == 0:
+        lab = Lab()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(lab.locked(timeout=900))
+            stack.callback(lab.down)
+            lab.up()
+            _shared.update(lab=lab, stack=stack.pop_all())
+    _shared["users"] += 1
+    return _shared["lab"]
+
+
+def _release() -> None:
+    _shared["users"] -= 1
+    if _shared["users"] == 0:
+        stack, _shared["stack"], _shared["lab"] = _shared["stack"], None, None
+        stack.close()  # down(), then unlock
+
+
 @pytest.fixture(scope="session")
 def natlab() -> Iterator[Lab]:
     """The lab, up (no delay) for the session, torn down at its end."""
     lab_prerequisites()
-    lab = Lab()
-    with lab.locked(timeout=600):
-        lab.up()
-        try:
-            yield lab
-        finally:
-            lab.down()
+    lab = _acquire()
+    try:
+        yield lab
+    finally:
+        _release()

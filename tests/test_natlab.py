@@ -3,6 +3,7 @@ reference classifier, UPnP mappings, the core's delay, and a clean teardown."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -174,7 +175,8 @@ def test_up_is_idempotent_and_down_leaves_nothing(natlab):  # noqa: F811
     lab_prerequisites()
     # A second lab under another prefix: namespaces keep the two apart.
     lab = Lab(prefix="pzt-")
-    try:
+    with lab.locked(timeout=600), contextlib.ExitStack() as stack:
+        stack.callback(lab.down)
         lab.up(delay_ms=5)
         daemons = [p.pid for p in lab._daemons.values()]
         lab.up()  # over the top of a running lab: cleans it first
@@ -185,10 +187,9 @@ def test_up_is_idempotent_and_down_leaves_nothing(natlab):  # noqa: F811
             time.sleep(0.01)  # until `ip netns exec` has entered the namespace
         assert sleeper.pid in pids and len(pids) >= 3  # coturn, miniupnpd, the sleeper
         assert sorted(lab.existing_namespaces()) == sorted(lab.namespaces)
-    finally:
         t0 = time.monotonic()
         lab.down()
-    assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 5
     assert lab.existing_namespaces() == []
     assert sleeper.poll() is not None
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
