@@ -15,7 +15,6 @@ from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["Metrics", "serve_metrics", "parse_listen", "PREFIX"]
 
@@ -131,62 +130,98 @@ class Metrics:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """``127.0.0.1:9464`` or ``[::1]:9464`` → (host, port); ValueError says what is wrong."""
-    host, sep, port = text.rpartition(":")
+    host, sep, port = text.strip().rpartition(":")
     if not sep or not host:
-        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    elif ":" in host:
+        if ":" not in host:
+            raise ValueError(f"{text!r}: brackets are for IPv6 addresses, e.g. [::1]:9464")
+    elif ":" in host or "[" in host or "]" in host:
         raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r}: {host!r} is not a host name or address")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r}: {port!r} is not a port (1-65535)")
     return host, int(port)
 
 
-MAX_REQUEST = 8192
-REQUEST_TIMEOUT = 5.0
+MAX_REQUEST = 8192  # bytes of request line and headers
+REQUEST_TIMEOUT = 5.0  # seconds to read a request, and again to send the answer
+MAX_CONNECTIONS = 32  # scrapes answered at once; more are closed unanswered
+# generate_latest writes the classic text format whatever CONTENT_TYPE_LATEST says (1.0.0 in 0.26+).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def serve_metrics(
-    metrics: Metrics, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    metrics: Metrics,
+    host: str,
+    port: int,
+    *,
+    request_timeout: float = REQUEST_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+    task_status: Any = trio.TASK_STATUS_IGNORED,  # trio.TaskStatus[int]; trio-stubs lack it
 ) -> None:
-    """Serve ``GET /metrics`` on ``host:port`` until cancelled; ``task_status`` gets the port.
+    """Serve ``GET /metrics`` on ``host:port`` until cancelled; ``task_status`` gets the bound port.
 
-    A request is read with a size limit and a timeout, answered, and the connection closed. A
-    bind failure raises OSError naming the address.
+    Runs in the caller's nursery (no threads). Each request is read with a size limit
+    (:data:`MAX_REQUEST`) and a deadline, answered, and the connection closed; at most
+    ``max_connections`` are served at once. A bind failure raises OSError naming the address.
+    With port 0 and a host name that resolves to several addresses, only the first is served
+    (each would get its own port).
     """
+    shown = f"[{host}]" if ":" in host else host
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+        raise OSError(exc.errno, f"cannot serve metrics on {shown}:{port}: {exc.strerror or exc}") from None
+    if port == 0:
+        for extra in listeners[1:]:
+            extra.socket.close()
+        listeners = listeners[:1]
     bound = listeners[0].socket.getsockname()[1]
-    log.info("metrics at http://%s:%d/metrics", host if ":" not in host else f"[{host}]", bound)
+    log.info("metrics at http://%s:%d/metrics", shown, bound)
+    limiter = trio.CapacityLimiter(max_connections)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await stream.aclose()
+            return
+        try:
+            await _answer(metrics, stream, request_timeout)
+        finally:
+            limiter.release()
+
     task_status.started(bound)
-    await trio.serve_listeners(lambda s: _answer(metrics, s), listeners)
+    await trio.serve_listeners(handler, listeners)
 
 
-async def _answer(metrics: Metrics, stream: trio.SocketStream) -> None:
+async def _answer(metrics: Metrics, stream: trio.SocketStream, timeout: float) -> None:
     try:
         data = b""
-        with trio.move_on_after(REQUEST_TIMEOUT):
+        with trio.move_on_after(timeout):
             while b"\r\n\r\n" not in data and len(data) <= MAX_REQUEST:
                 chunk = await stream.receive_some(4096)
                 if not chunk:
                     break
                 data += chunk
-        if b"\r\n\r\n" not in data or len(data) > MAX_REQUEST:
-            return
+        if b"\r\n\r\n" not in data or data.index(b"\r\n\r\n") + 4 > MAX_REQUEST:
+            return  # too slow, too big or cut short: dropped unanswered
         line = data.split(b"\r\n", 1)[0].split()
         if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
             body = metrics.prometheus().encode()
-            head = f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\n"
         else:
             body = b"not found: try /metrics\n"
-            head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+            head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n"
         head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        with trio.move_on_after(REQUEST_TIMEOUT):
+        with trio.move_on_after(timeout):
             await stream.send_all(head.encode() + body)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         return
+    except Exception:  # a scrape must never take the node down with it
+        log.exception("metrics request failed")
     finally:
         await stream.aclose()
