@@ -31,13 +31,15 @@ system-deps:
 	    echo "warning: could not install$$missing"; \
 	  else echo "note: install$$missing (as root) to run the DNS seed tests"; fi; \
 	fi
+	@if [ "$$(id -u)" = 0 ]; then $(PYTHON) -m interop.natlab install; \
+	else echo "note: the NAT lab tests need root (network namespaces)"; fi
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check prozchain_discovery tests bench examples
+	$(VENV)/bin/ruff check prozchain_discovery tests bench examples interop
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy prozchain_discovery
+	$(VENV)/bin/mypy prozchain_discovery interop/natlab
 
 unit: setup
 	$(PY) -m pytest -q

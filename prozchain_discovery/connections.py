@@ -117,6 +117,7 @@ class ConnectionTracker:
         now = trio.current_time()
         was_empty = not self.connected
         self.connected[peer_id] = ConnectedPeer(peer_id, source, outbound, now, addr)
+        self.metrics.set_gauge("connected_peers", len(self.connected))
         self._signal()
         ma = None
         if addr:
@@ -156,6 +157,7 @@ class ConnectionTracker:
         if peer_id not in self.connected or _other_open_connections(self.host, peer_id, conn):
             return
         del self.connected[peer_id]
+        self.metrics.set_gauge("connected_peers", len(self.connected))
         self._intents.pop(peer_id)
         self._signal()
         self.bus.publish(PeerDisconnected(peer_id, len(self.connected)))

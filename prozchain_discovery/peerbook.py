@@ -262,6 +262,9 @@ class PeerBook:
             self.metrics.inc("peerdb_expired", dropped)
         self.wrong_network.on_timer(now)
         self.unsupported.on_timer(now)
+        for key, value in self.db.stats().items():
+            if isinstance(value, int):
+                self.metrics.set_gauge("peerbook_entries", value, kind=key)
         if self.store is None:
             self.flush.on_success(now)
             return
