@@ -152,19 +152,21 @@ def test_per_transaction_timeout_and_rto():
     assert sends == pytest.approx([0.0, 0.1, 0.3, 0.7]) and end == 1.0
 
 
-def test_clock_starts_at_the_first_send_and_retransmit_now():
+def test_clock_starts_at_the_first_send_and_reschedule():
     c = StunClient()
     tid = c.send_binding(SERVER, 0.0)
     assert c.next_deadline() == 0.0  # queued: send now
     c.datagrams_to_send(2.0)
     assert c.next_deadline() == 2.5
-    c.set_timeout(tid, 0.3)
-    assert c.next_deadline() == 2.3
-    c.retransmit(tid)
+    c.reschedule(tid, rto=0.1, timeout=0.3)
+    assert c.next_deadline() == pytest.approx(2.1)
+    c.on_timer(2.1)
     assert len(c.datagrams_to_send(2.1)) == 1 and c.stats["retransmitted"] == 1
+    assert c.next_deadline() == 2.3  # the retransmission would be at 2.3 too: the end wins
+    c.reschedule(tid, timeout=5.0)  # a timeout is only ever shortened
     c.on_timer(2.3)
     (ev,) = c.events()
-    assert isinstance(ev, BindingTimeout) and ev.sends == 2
+    assert isinstance(ev, BindingTimeout) and ev.sends == 2 and ev.elapsed == pytest.approx(0.3)
 
 
 def test_cancel_and_bounded_transactions():
@@ -247,7 +249,7 @@ def test_change_request_must_be_answered_from_elsewhere():
     assert isinstance(ev, BindingResponse) and ev.source == ALT
     c, req = _client_with_request(change_port=True)
     c.receive_datagram(answer(req, ("203.0.113.7", 1)), SERVER, 0.01)
-    c.set_timeout(next(iter(c._pending)), 0.3)
+    c.reschedule(next(iter(c._pending)), timeout=0.3)
     c.on_timer(0.3)
     (ev,) = c.events()
     assert isinstance(ev, BindingTimeout) and ev.rejected == 1
@@ -614,7 +616,7 @@ def test_filtering_window_follows_the_rtt():
     assert slow.nat_type == NatType.PORT_RESTRICTED and slow.took == pytest.approx(1.0)
 
 
-def test_a_lost_filtering_probe_is_sent_again_when_test_one_answers():
+def test_a_lost_filtering_probe_is_sent_again_on_the_rtt_based_rto():
     lost: set[Addr] = set()
 
     def drop_first_change_request(data: bytes, dst: Addr) -> bool:
@@ -625,6 +627,7 @@ def test_a_lost_filtering_probe_is_sent_again_when_test_one_answers():
 
     r = classify(EI, EI, drop=drop_first_change_request)
     assert r.nat_type == NatType.FULL_CONE and lost
+    assert r.took == pytest.approx(0.14)  # re-sent at 3 r = 100 ms, answered, one more round trip
 
 
 def test_garbage_during_a_classification_changes_nothing():
@@ -664,6 +667,25 @@ def test_without_rfc5780_two_servers_are_compared():
         and "only one server" in r.note
         and r.mapped_addr == (PUBLIC_IP, 40000)
     )
+
+
+def test_a_plain_first_server_hands_over_to_an_rfc5780_one():
+    plain = FakeStunServer((IP3,), (P1,), ignore_change=True)
+    r = classify(EI, AD, servers=[plain, rfc5780_server()], targets=[(IP3, P1), (IP1, P1)])
+    assert r.rfc5780 and r.nat_type == NatType.RESTRICTED_CONE, r.note
+    assert r.servers_used == ((IP3, P1), (IP1, P1)) and "RFC 5780 tests against" in r.note
+    assert r.took == pytest.approx(0.04 + 0.32)
+    # ...unless this socket already sent to the alternate IP: address-dependent filtering
+    # would let filtering test II's answer in, so only the mappings are compared
+    spoiler = FakeStunServer((IP2,), (9999,))
+    r = classify(
+        EI,
+        AD,
+        servers=[plain, spoiler, rfc5780_server()],
+        targets=[(IP3, P1), (IP2, 9999), (IP1, P1)],
+    )
+    assert not r.rfc5780 and r.filtering == FilteringBehavior.UNKNOWN
+    assert r.mapping == MappingBehavior.ENDPOINT_INDEPENDENT
 
 
 def test_a_server_refusing_change_request_leaves_filtering_unknown():

@@ -17,20 +17,25 @@ timeouts, ~6 s behind a NAT; this takes about one RTO):
 
 * Test I and both filtering requests leave at once.
 * A filtering verdict of "no answer" is a timeout, and the full RFC 5389 schedule (39.5 s) is
-  no use for it: once test I has answered in ``r``, both filtering requests are re-sent at once
-  (one loss does not turn into a wrong verdict) and given ``max(filter_rtt_factor × r,
-  filter_floor)`` = max(4 r, 300 ms) from their first send. An answer slower than four round
-  trips of the same server is taken as filtered.
+  no use for it: once test I has answered in ``r``, both filtering requests retransmit on an RTO
+  from that RTT (3 r, at least 100 ms, at most ``rto``: one loss does not turn into a wrong
+  verdict) and are given ``max(filter_rtt_factor × r, filter_floor)`` = max(4 r, 300 ms) from
+  their first send. An answer slower than four round trips of the same server counts as
+  filtered.
 * The mapping tests send to IP2, and under address-dependent filtering that would open the NAT
   to filtering test II's answer (from IP2): they leave only when filtering test II has its
-  verdict, both at once. They retransmit on an RTO from the measured RTT (3 r, at least 100 ms,
-  at most ``rto``) and give up after max(8 r, 1 s).
+  verdict, both at once, on the same RTO, and give up after max(8 r, 1 s).
 
-A server without RFC 5780 (no OTHER-ADDRESS, or one that is not a different IP *and* port):
-test I goes to the other servers at once and the mapped addresses of two servers (different IPs
-preferred) are compared — mapping only; filtering stays unknown, and the NAT type then assumes
-the strictest cone (port-restricted) for an endpoint-independent mapping. ``note`` says so.
-A server that does not answer test I at all is replaced by the next one.
+So a NAT that lets filtering test II in is classified in two round trips; one that filters,
+in max(4 r, 300 ms) and one round trip.
+
+A server without RFC 5780 (no OTHER-ADDRESS, or one that is not another IP *and* port): test I
+goes to the other servers at once. The first to answer with a usable OTHER-ADDRESS becomes the
+primary and the tests above run against it (if nothing this socket sent to could spoil them);
+otherwise the mapped addresses of two servers (different IPs preferred) are compared — mapping
+only; filtering stays unknown, and the NAT type then assumes the strictest cone
+(port-restricted) for an endpoint-independent mapping. ``note`` says so. A server that does not
+answer test I at all is replaced by the next one.
 
 Seed ``NatType``: mapped address = local address → OPEN (whatever a firewall filters; ``note``
 says if it does); EIM + EIF → FULL_CONE; EIM + ADF → RESTRICTED_CONE; EIM + APDF →
@@ -183,6 +188,8 @@ class NatClassifier:
         )
         self._started_at: float | None = None
         self._primary = 0
+        self._tried: set[int] = set()  # servers that were primary or answered without RFC 5780
+        self._contacted: set[Addr] = set()  # every destination this socket sent to
         self._phase = "idle"  # idle | probe | mapping | fallback | done
         self._tids: dict[str, bytes] = {}
         self._got: dict[str, StunEvent] = {}
@@ -202,7 +209,7 @@ class NatClassifier:
             self._notes.append("no STUN servers")
             self._finish(now)
             return
-        self._start_primary(now)
+        self._start_primary(0, now)
 
     @property
     def done(self) -> bool:
@@ -243,6 +250,7 @@ class NatClassifier:
         rto: float | None = None,
         timeout: float | None = None,
     ) -> None:
+        self._contacted.add(server)
         self._tids[tag] = self.client.send_binding(
             server,
             now,
@@ -262,14 +270,40 @@ class NatClassifier:
     def _cancel_all(self) -> None:
         self._cancel(*self._tids)
 
-    def _start_primary(self, now: float) -> None:
-        server = self.servers[self._primary]
+    def _followup_rto(self) -> float:
+        """The RTO once test I measured the RTT: 3 r (RFC 6298's first RTO, R + 4 × R/2),
+        at least ``FOLLOWUP_RTO_FLOOR``, at most the configured RTO."""
+        return min(self.rto, max(3 * (self._rtt or 0.0), self.FOLLOWUP_RTO_FLOOR))
+
+    def _usable_other(self, server: Addr, other: Addr | None) -> bool:
+        """Whether OTHER-ADDRESS allows the RFC 5780 tests from this socket: another IP *and*
+        port, of the server's family, and nothing this socket sent to yet at the IP of
+        filtering test II's answer or at the endpoint of test III's (else a filter opened by
+        that send would let the answer in)."""
+        if other is None or other[0] == server[0] or other[1] == server[1]:
+            return False
+        if (":" in other[0]) != (":" in server[0]):
+            return False
+        contacted_ips = {ip for ip, _ in self._contacted}
+        return other[0] not in contacted_ips and (server[0], other[1]) not in self._contacted
+
+    def _start_primary(self, index: int, now: float) -> None:
+        self._primary = index
+        self._tried.add(index)
+        server = self.servers[index]
         self._used.append(server)
-        self._tids, self._got = {}, {}
+        self._tids, self._got, self._other = {}, {}, None
         self._phase = "probe"
         self._send("I", server, now, timeout=self.server_timeout)
         self._send("F2", server, now, change_ip=True, change_port=True, timeout=self.server_timeout)
         self._send("F3", server, now, change_port=True, timeout=self.server_timeout)
+
+    def _next_primary(self, now: float) -> bool:
+        for i in range(len(self.servers)):
+            if i not in self._tried:
+                self._start_primary(i, now)
+                return True
+        return False
 
     def _process(self, now: float) -> None:
         for ev in self.client.events():
@@ -293,26 +327,18 @@ class NatClassifier:
             )
             self._notes.append(f"{format_addr(server)}: {why}")
             self._cancel_all()
-            self._primary += 1
-            if self._primary < len(self.servers):
-                self._start_primary(now)
-            else:
+            if not self._next_primary(now):
                 self._finish(now)
             return
         self._mapped, self._rtt = ev.mapped, ev.rtt
         other = ev.other_address
-        if (
-            other is not None
-            and other[0] != server[0]
-            and other[1] != server[1]
-            and ((":" in other[0]) == (":" in server[0]))
-        ):
+        if self._usable_other(server, other):
             self._other = other
+            rto = self._followup_rto()
             window = max(self.filter_rtt_factor * ev.rtt, self.filter_floor)
             for tag in ("F2", "F3"):
                 if tag not in self._got:
-                    self.client.set_timeout(self._tids[tag], window)
-                    self.client.retransmit(self._tids[tag])
+                    self.client.reschedule(self._tids[tag], rto=rto, timeout=window)
             return
         self._cancel("F2", "F3")
         lacks = (
@@ -321,7 +347,7 @@ class NatClassifier:
         self._notes.append(f"server {format_addr(server)} lacks RFC 5780 ({lacks})")
         self._phase = "fallback"
         for i, s in enumerate(self.servers):
-            if i != self._primary:
+            if i not in self._tried:
                 self._send(f"FB{i}", s, now, timeout=self.server_timeout)
                 self._used.append(s)
 
@@ -330,9 +356,10 @@ class NatClassifier:
             if isinstance(self._got["F2"], BindingResponse):
                 self._cancel("F3")  # endpoint-independent filtering: test III says nothing more
             server, other = self.servers[self._primary], self._other
-            rtt = self._rtt or 0.0
-            rto = min(self.rto, max(3 * rtt, self.FOLLOWUP_RTO_FLOOR))
-            timeout = max(self.MAPPING_TIMEOUT_RTT_FACTOR * rtt, self.MAPPING_TIMEOUT_FLOOR)
+            rto = self._followup_rto()
+            timeout = max(
+                self.MAPPING_TIMEOUT_RTT_FACTOR * (self._rtt or 0.0), self.MAPPING_TIMEOUT_FLOOR
+            )
             self._send("M2", (other[0], server[1]), now, rto=rto, timeout=timeout)
             self._send("M3", other, now, rto=rto, timeout=timeout)
             self._phase = "mapping"
@@ -404,11 +431,18 @@ class NatClassifier:
 
     def _advance_fallback(self, now: float) -> None:
         primary = self.servers[self._primary]
-        answers = [
-            ev
-            for tag, ev in self._got.items()
-            if tag.startswith("FB") and isinstance(ev, BindingResponse) and ev.mapped is not None
-        ]
+        answers: list[BindingResponse] = []
+        for tag, ev in self._got.items():
+            if tag.startswith("FB") and isinstance(ev, BindingResponse) and ev.mapped is not None:
+                index = int(tag[2:])
+                self._tried.add(index)
+                if self._usable_other(ev.server, ev.other_address):
+                    # another server does RFC 5780 (and nothing sent yet spoils its tests)
+                    self._notes.append(f"RFC 5780 tests against {format_addr(ev.server)}")
+                    self._cancel_all()
+                    self._start_primary(index, now)
+                    return
+                answers.append(ev)
         other_ip = [ev for ev in answers if ev.server[0] != primary[0]]
         pending = [t for t in self._tids if t.startswith("FB") and t not in self._got]
         if not other_ip and pending:
@@ -476,7 +510,7 @@ class NatClassifier:
             mapped_addr=self._mapped,
             local_addr=self.local_addr,
             rfc5780=self._other is not None,
-            servers_used=tuple(self._used),
+            servers_used=tuple(dict.fromkeys(self._used)),
             note="; ".join(dict.fromkeys(self._notes)),
             took=now - started,
             rtt=self._rtt,

@@ -262,19 +262,22 @@ class StunClient:
                 return tid
         raise StunError("the random source keeps repeating transaction ids")
 
-    def set_timeout(self, tid: bytes, timeout: float) -> None:
-        """End transaction ``tid`` ``timeout`` seconds after its first send at the latest (never
-        later than it would have ended). Unknown ids are ignored."""
+    def reschedule(
+        self, tid: bytes, *, rto: float | None = None, timeout: float | None = None
+    ) -> None:
+        """Change an outstanding transaction's schedule: ``rto`` its initial RTO from now on
+        (the next retransmission is ``rto`` × 2^(sends-1) after the last send), ``timeout`` ends
+        it that long after its first send at the latest (never later than already set).
+        Unknown ids are ignored."""
+        if rto is not None and not (0 < rto < 60):
+            raise ValueError("rto must be in (0, 60) seconds")
         t = self._pending.get(tid)
-        if t is not None:
+        if t is None:
+            return
+        if rto is not None:
+            t.rto = rto
+        if timeout is not None:
             t.timeout = timeout if t.timeout is None else min(t.timeout, timeout)
-
-    def retransmit(self, tid: bytes) -> None:
-        """Send transaction ``tid`` again now, ahead of its schedule (if it is outstanding, has
-        been sent and has sends left); the schedule goes on from this send."""
-        t = self._pending.get(tid)
-        if t is not None and 0 < t.sends < self.max_sends and tid not in self._outbox:
-            self._outbox.append(tid)
 
     def cancel(self, tid: bytes) -> None:
         """Forget transaction ``tid`` without an event (unknown ids are ignored)."""
