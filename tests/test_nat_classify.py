@@ -57,13 +57,13 @@ def answer(
     other: Addr | None = ALT,
     cls: Class = Class.RESPONSE,
     fingerprint: bool = True,
-    **extra: object,
+    extra: dict[str, object] | None = None,
 ) -> bytes:
     req = parse_message(request)
     attrs: dict[str, object] = {"XOR-MAPPED-ADDRESS": to, "RESPONSE-ORIGIN": origin}
     if other is not None:
         attrs["OTHER-ADDRESS"] = other
-    attrs.update(extra)
+    attrs.update(extra or {})
     msg = Message(Method.BINDING, cls, transaction_id=req.transaction_id, attributes=attrs)
     if fingerprint:
         msg.add_fingerprint()
@@ -187,9 +187,11 @@ def test_cancel_and_bounded_transactions():
 # ---- StunClient: what the network sends is counted, never raised ----------------------------
 
 
-def _client_with_request(**kw: bool) -> tuple[StunClient, bytes]:
+def _client_with_request(
+    change_ip: bool = False, change_port: bool = False
+) -> tuple[StunClient, bytes]:
     c = StunClient(urandom=counter_bytes())
-    c.send_binding(SERVER, 0.0, **kw)
+    c.send_binding(SERVER, 0.0, change_ip=change_ip, change_port=change_port)
     ((data, _),) = c.datagrams_to_send(0.0)
     return c, data
 
@@ -256,7 +258,9 @@ def test_change_request_must_be_answered_from_elsewhere():
     # an error (420: CHANGE-REQUEST not understood) comes from the address asked
     c, req = _client_with_request(change_port=True)
     c.receive_datagram(
-        answer(req, ("1.1.1.1", 1), cls=Class.ERROR, **{"ERROR-CODE": (420, "Unknown Attribute")}),
+        answer(
+            req, ("1.1.1.1", 1), cls=Class.ERROR, extra={"ERROR-CODE": (420, "Unknown Attribute")}
+        ),
         SERVER,
         0.01,
     )

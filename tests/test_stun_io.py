@@ -6,6 +6,7 @@ the classification itself (no NAT on loopback) must say OPEN.
 
 from __future__ import annotations
 
+import pytest
 import trio
 from aioice.stun import Class, Message, Method, parse_message
 
@@ -133,8 +134,6 @@ def test_rate_limited_per_source_in_a_bounded_table():
 
 
 def test_responder_refuses_bad_configurations():
-    import pytest
-
     for ips, ports in (
         ([], [1]),
         ([A, B, "198.51.100.3"], [1]),
@@ -210,7 +209,5 @@ async def test_malformed_datagrams_do_not_crash_the_server():
 
 
 async def test_no_server_resolves():
-    import pytest
-
     with pytest.raises(NoStunServer):
         await classify_nat([("::1", 3478)])  # an IPv6 server for an IPv4 socket

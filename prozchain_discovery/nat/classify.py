@@ -54,6 +54,7 @@ from .stun import (
     BindingError,
     BindingResponse,
     BindingTimeout,
+    SockAddr,
     StunClient,
     StunEvent,
     format_addr,
@@ -233,7 +234,7 @@ class NatClassifier:
             self.client.on_timer(now)
             self._process(now)
 
-    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: SockAddr, now: float) -> None:
         self.client.receive_datagram(data, addr, now)  # never raises on the contents
         if not self.done:
             self._process(now)

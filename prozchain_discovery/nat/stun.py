@@ -26,11 +26,13 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aioice import stun as codec
 
 __all__ = [
     "Addr",
+    "SockAddr",
     "STUN_PORT",
     "CHANGE_IP",
     "CHANGE_PORT",
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 Addr = tuple[str, int]
+SockAddr = tuple[Any, ...]  # (host, port[, flowinfo, scope_id]) as a socket gives it
 
 STUN_PORT = 3478
 MAGIC_COOKIE = codec.COOKIE
@@ -339,7 +342,7 @@ class StunClient:
             else:
                 self._outbox.append(tid)
 
-    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: SockAddr, now: float) -> None:
         """Feed one datagram that arrived from ``addr``; never raises on its contents."""
         self.stats["received"] += 1
         problem = check_framing(data, self.max_datagram)

@@ -27,7 +27,7 @@ from typing import Any
 import trio
 from aioice import stun as codec
 
-from .stun import Addr, check_framing, format_addr, norm_addr
+from .stun import Addr, SockAddr, check_framing, format_addr, norm_addr
 
 __all__ = ["MAX_REQUEST", "MAX_RESPONSE", "StunResponder", "serve_stun"]
 
@@ -104,7 +104,7 @@ class StunResponder:
         return self.locals[0]
 
     def handle(
-        self, data: bytes, src: Addr, local: Addr, now: float
+        self, data: bytes, src: SockAddr, local: SockAddr, now: float
     ) -> list[tuple[bytes, Addr, Addr]]:
         """What to answer ``data`` from ``src`` that arrived on ``local``:
         a list of (payload, local address to send it from, destination)."""
