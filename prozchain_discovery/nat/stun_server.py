@@ -27,14 +27,12 @@ from typing import Any
 import trio
 from aioice import stun as codec
 
-from .stun import Addr, SockAddr, check_framing, format_addr, norm_addr
+from .stun import CHANGE_IP, CHANGE_PORT, Addr, SockAddr, check_framing, format_addr, norm_addr
 
 __all__ = ["MAX_REQUEST", "MAX_RESPONSE", "StunResponder", "serve_stun"]
 
 MAX_REQUEST = 548  # RFC 5389 §7.1: what fits in an unfragmented IPv4 datagram; a Binding is ~28
 MAX_RESPONSE = 128
-CHANGE_IP = 0x04
-CHANGE_PORT = 0x02
 ATTR_UNKNOWN_ATTRIBUTES = 0x000A
 
 
