@@ -259,7 +259,7 @@ async def test_async_store_keeps_changes_queued_when_the_disk_is_full(tmp_path):
         for e in big.entries():
             if not db.has_pid(e.pid):
                 db.add_addrs(e.peer_id, list(e.addrs), PeerSource.PEX, 50.0)
-        with pytest.raises(StoreWriteError):
+        with pytest.raises(StoreWriteError, match=r"peers.sqlite: database or disk is full \(SQLITE_FULL\)"):
             await store.save_changes(db)
         queued = len(db.dirty)
         assert queued > 0
@@ -285,3 +285,313 @@ def test_groups_are_recomputed_on_load(tmp_path):
     again = PeerDatabase(rng=random.Random(1))
     PeerStore(path).load(again)
     assert again.get(pid).group == "dns:example.com"
+
+
+# ---- issue #8: failed writes lose nothing, damaged files and rows are reported ----------------
+def _grow(db: PeerDatabase, n: int = 250, now: float = 50.0) -> None:
+    """Add peers the book does not hold yet: enough rows to need new pages."""
+    for e in _filled(n).entries():
+        if not db.has_pid(e.pid):
+            db.add_addrs(e.peer_id, list(e.addrs), PeerSource.PEX, now)
+
+
+def _reload(path) -> PeerDatabase:
+    again = PeerDatabase(rng=random.Random(1))
+    store = PeerStore(path)
+    store.load(again)
+    store.close()
+    again.check()
+    return again
+
+
+async def _reload_async(path) -> PeerDatabase:
+    """As :func:`_reload`, through the trio adapter (same clock offset as the writer)."""
+    again = PeerDatabase(rng=random.Random(1))
+    store = AsyncPeerStore(PeerStore(path))
+    await store.load(again)
+    await store.close()
+    again.check()
+    return again
+
+
+def test_a_full_disk_at_commit_is_reported_as_such(tmp_path):
+    """sqlite rolls a failed COMMIT back by itself: our ROLLBACK's complaint must not replace
+    the real error. ``max_page_count`` makes a real SQLITE_FULL without root."""
+    from prozchain_discovery.peerdb import StoreWriteError
+
+    path = tmp_path / "peers.sqlite"
+    db = _filled(10)
+    store = PeerStore(path)
+    store.save_changes(db)
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]  # noqa: SLF001
+    store._db.execute(f"PRAGMA max_page_count = {pages}")  # noqa: SLF001 - the disk is full
+    _grow(db)
+    with pytest.raises(StoreWriteError, match=r"peers.sqlite: database or disk is full \(SQLITE_FULL\)") as info:
+        store.save_changes(db)
+    assert info.value.path == str(path)
+    assert info.value.pending == len(db.dirty) + len(db.deleted) > 0
+    pending = info.value.pending
+    with pytest.raises(StoreWriteError):  # the retry fails too, and still keeps everything
+        store.save_changes(db)
+    store._db.execute("PRAGMA max_page_count = 1073741823")  # noqa: SLF001 - space again
+    assert store.save_changes(db) == pending
+    store.close()
+    assert _snapshot(_reload(path)) == _snapshot(db)
+
+
+def test_the_current_state_wins_over_a_failed_write(tmp_path):
+    """Changes made between a failed write and the retry: a peer of the failed batch removed,
+    a peer deleted by the failed batch added again (elsewhere), one changed again."""
+    from prozchain_discovery.peerdb import StoreWriteError
+
+    path = tmp_path / "peers.sqlite"
+    db = _filled(30)
+    store = PeerStore(path)
+    store.save_changes(db)
+    # Peers the book holds (the bucketing key is random: a given identity may have lost its slot).
+    pex = [e.peer_id for e in db.entries() if e.source is PeerSource.PEX]
+    changed, removed_later = pex[:2]
+    back = next(e for e in db.entries() if e.source is PeerSource.DNS)
+    deleted_then_back, back_addrs = back.peer_id, list(back.addrs)
+    for pid in (changed, removed_later):
+        db.mark_failure(pid, 30.0)
+    db.remove(deleted_then_back)
+    _read_only(store)
+    with pytest.raises(StoreWriteError, match="readonly"):
+        store.save_changes(db)
+    db.remove(removed_later)
+    # Added again as before, so to the slot it left: a new entry (first seen now).
+    assert db.add_addrs(deleted_then_back, back_addrs, PeerSource.DNS, 31.0)
+    db.mark_failure(changed, 32.0)
+    store._db.execute("PRAGMA query_only = OFF")  # noqa: SLF001
+    store.save_changes(db)
+    store.close()
+    again = _reload(path)
+    assert _snapshot(again) == _snapshot(db)
+    assert removed_later not in again
+    assert again.get(deleted_then_back).first_seen == 31.0
+    assert again.get(changed).failures == 2
+
+
+def test_an_interrupted_sync_write_keeps_the_changes(tmp_path, monkeypatch):
+    path = tmp_path / "peers.sqlite"
+    db = _filled(10)
+    store = PeerStore(path)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.save_changes(db)
+    monkeypatch.undo()
+    assert store.save_changes(db) == len(db)
+    store.close()
+    assert _snapshot(_reload(path)) == _snapshot(db)
+
+
+async def test_a_save_cancelled_while_waiting_for_the_store_keeps_the_changes(tmp_path):
+    path = tmp_path / "peers.sqlite"
+    db = _filled(10)
+    store = AsyncPeerStore(PeerStore(path))
+    async with trio.open_nursery() as nursery:
+        async def busy() -> None:  # e.g. a load or another save under way
+            async with store._lock:  # noqa: SLF001
+                await trio.sleep(1)
+
+        nursery.start_soon(busy)
+        await trio.sleep(0.01)
+        with trio.move_on_after(0.05) as scope:
+            await store.save_changes(db)
+        assert scope.cancelled_caught
+    assert len(db.dirty) == len(db)  # nothing was taken
+    assert await store.save_changes(db) == len(db)
+    await store.close()
+    assert _snapshot(await _reload_async(path)) == _snapshot(db)
+
+
+async def test_async_failed_write_then_success_writes_everything(tmp_path):
+    from prozchain_discovery.peerdb import StoreWriteError
+
+    path = tmp_path / "peers.sqlite"
+    db = _filled(10)
+    store = AsyncPeerStore(PeerStore(path))
+    await store.save_changes(db)
+    _read_only(store.store)
+    _grow(db, 40)
+    db.remove(identity(2)[1])
+    with pytest.raises(StoreWriteError, match=r"peers.sqlite: attempt to write a readonly database") as info:
+        await store.save_changes(db)
+    assert info.value.pending == len(db.dirty) + len(db.deleted) > 0
+    store.store._db.execute("PRAGMA query_only = OFF")  # noqa: SLF001
+    assert await store.save_changes(db) == info.value.pending
+    await store.close()
+    assert _snapshot(await _reload_async(path)) == _snapshot(db)
+
+
+_ONE_ROW = "WHERE pid = (SELECT pid FROM peers ORDER BY pid LIMIT 1)"
+
+
+@pytest.mark.parametrize("update", [
+    "pid = 12345",  # an integer where the id's bytes belong (bytes(12345) is 12345 zeros)
+    "pid = x'0102'",  # bytes that are not a multihash
+    "pid = CAST(x'ff00' AS TEXT)",  # text that is not UTF-8: sqlite3 cannot even fetch it
+    "source = CAST(x'ff' AS TEXT)",
+    "addrs = x'00ff0102'",  # an address list cut short
+    "addrs = x'0003ffffff'",  # one address that is not a multiaddr
+    "addrs = x''",
+    "envelope = 7",
+    "source_peer = 3",
+    "seq = 1.5",
+    "failures = -1",
+    "last_seen = 'Inf'",
+    "in_tried = 2",
+])
+def test_a_damaged_row_is_skipped_counted_and_warned_about(tmp_path, update):
+    path = tmp_path / "peers.sqlite"
+    db = _filled(20)
+    n = len(db)
+    store = PeerStore(path)
+    store.save_changes(db)
+    store.close()
+    con = sqlite3.connect(path)
+    con.execute(f"UPDATE peers SET {update} {_ONE_ROW}")
+    con.commit()
+    con.close()
+    store = PeerStore(path)
+    again = PeerDatabase(rng=random.Random(1))
+    assert store.load(again) == n - 1
+    assert store.skipped == 1
+    assert store.load_warning == f"peer database {path}: skipped 1 damaged row(s) of {n} (left in the file)"
+    again.check()
+
+
+@pytest.mark.parametrize(("update", "said"), [
+    ("UPDATE meta SET value = 'not a key' WHERE key = 'bucket_key'", "bucketing key"),
+    ("UPDATE meta SET value = 32 WHERE key = 'bucket_key'", "bucketing key"),
+    ("UPDATE meta SET value = CAST(x'ff' AS TEXT) WHERE key = 'bucket_key'", "bucketing key"),
+    ("UPDATE meta SET value = 'x' WHERE key = 'anchors'", "anchor list"),
+])
+async def test_damaged_meta_loads_the_peers_with_a_warning(tmp_path, update, said):
+    path = tmp_path / "peers.sqlite"
+    db = _filled(20)
+    store = PeerStore(path)
+    store.save_changes(db)
+    store.close()
+    con = sqlite3.connect(path)
+    con.execute(update)
+    con.commit()
+    con.close()
+    store = AsyncPeerStore(PeerStore(path))
+    again = PeerDatabase(rng=random.Random(1))
+    loaded = await store.load(again)
+    again.check()
+    if said == "bucketing key":  # placed under a new random key: a slot may be taken twice
+        assert len(db) - 3 <= loaded == len(again)
+    else:
+        assert loaded == len(db)
+    assert store.skipped == 0
+    assert store.load_warning is not None and said in store.load_warning and str(path) in store.load_warning
+    if said == "bucketing key":
+        assert again.key != db.key and again.meta_dirty  # the new key is saved next time
+    await store.save_changes(again)
+    await store.close()
+    assert _reload(path).key == again.key
+
+
+def test_a_good_book_loads_without_a_warning(tmp_path):
+    store = PeerStore(tmp_path / "peers.sqlite")
+    store.save_changes(_filled(10))
+    store.load(PeerDatabase())
+    assert store.skipped == 0 and store.load_warning is None
+
+
+def test_our_tables_with_other_columns_are_moved_aside(tmp_path):
+    path = tmp_path / "peers.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE peers (pid BLOB PRIMARY KEY, addrs BLOB);
+        INSERT INTO meta VALUES ('schema', 'prozchain-peerdb/1');
+    """)
+    con.commit()
+    con.close()
+    with pytest.raises(PeerStoreCorrupt, match="table peers has columns"):
+        PeerStore(path)
+    store, warning = open_or_reset(path)
+    assert warning is not None and str(path) in warning and "moved it to" in warning
+    assert store.save_changes(_filled(5)) > 0  # and the new book takes writes
+    store.close()
+
+
+def test_a_truncated_file_is_moved_aside(tmp_path):
+    path = tmp_path / "peers.sqlite"
+    store = PeerStore(path)
+    store.save_changes(_filled(50))
+    store.close()
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    store, warning = open_or_reset(path)
+    assert warning is not None and "SQLITE_CORRUPT" in warning
+    store.close()
+
+
+def test_a_locked_book_is_left_alone(tmp_path):
+    """Another process holding the file is no reason to throw the book away."""
+    from prozchain_discovery.peerdb import PeerStoreUnavailable
+
+    path = tmp_path / "peers.sqlite"
+    db = _filled(20)
+    store = PeerStore(path)
+    store.save_changes(db)
+    store.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT OR REPLACE INTO meta VALUES ('x', x'00')")
+    with pytest.raises(PeerStoreUnavailable, match=r"peers.sqlite: database is locked \(SQLITE_BUSY\)"):
+        open_or_reset(path, timeout=0.05)
+    assert sorted(p.name for p in tmp_path.iterdir() if "corrupt" in p.name) == []
+    other.execute("ROLLBACK")
+    other.close()
+    assert _snapshot(_reload(path)) == _snapshot(db)
+
+
+def test_a_path_that_cannot_be_opened_is_left_alone(tmp_path):
+    from prozchain_discovery.peerdb import PeerStoreError, PeerStoreUnavailable
+
+    path = tmp_path / "peers.sqlite"
+    path.mkdir()  # e.g. a mistaken volume mount
+    (path / "keep").write_text("mine")
+    with pytest.raises(PeerStoreUnavailable, match="unable to open") as info:
+        open_or_reset(path)
+    assert isinstance(info.value, PeerStoreError) and info.value.path == str(path)
+    assert (path / "keep").read_text() == "mine"
+
+
+def test_flush_schedule_backs_off_from_the_interval_to_five_minutes():
+    from prozchain_discovery.peerdb import FlushSchedule, StoreWriteError
+
+    s = FlushSchedule(5.0, now=100.0)
+    assert s.next_deadline() == 105.0
+    assert s.status() == {"failing": False, "failures": 0, "consecutive_failures": 0,
+                          "last_error": "", "pending": 0}
+    err = StoreWriteError("/data/peers.sqlite", "database or disk is full (SQLITE_FULL)", pending=7)
+    delays = [s.on_failure(200.0, err) for _ in range(9)]
+    assert delays == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]
+    assert s.next_deadline() == 500.0
+    assert s.status() == {
+        "failing": True, "failures": 9, "consecutive_failures": 9,
+        "last_error": "cannot write peer database /data/peers.sqlite: database or disk is full (SQLITE_FULL)",
+        "pending": 7,
+    }
+    s.on_success(600.0)
+    assert s.next_deadline() == 605.0
+    assert s.status() == {"failing": False, "failures": 9, "consecutive_failures": 0,
+                          "last_error": "", "pending": 0}
+    assert s.on_failure(700.0, "disk I/O error") == 5.0  # a plain message: pending unknown
+    assert s.status()["pending"] is None
+    assert s.on_failure(700.0, "disk I/O error", pending=3) == 10.0
+    assert s.status()["pending"] == 3
+    with pytest.raises(ValueError):
+        FlushSchedule(0.0)

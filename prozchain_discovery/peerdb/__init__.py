@@ -4,10 +4,14 @@ from .core import PeerDatabase, PeerDbInvariantError, PeerEntry, PeerSource, Pee
 from .store import (
     AsyncPeerStore,
     FlushSchedule,
+    LoadResult,
     PeerStore,
     PeerStoreCorrupt,
+    PeerStoreError,
+    PeerStoreUnavailable,
     StoreWriteError,
     open_or_reset,
+    pending_changes,
 )
 
 __all__ = [
@@ -18,8 +22,12 @@ __all__ = [
     "PeerSource",
     "AsyncPeerStore",
     "PeerStore",
+    "PeerStoreError",
     "PeerStoreCorrupt",
+    "PeerStoreUnavailable",
     "open_or_reset",
     "FlushSchedule",
+    "LoadResult",
     "StoreWriteError",
+    "pending_changes",
 ]
