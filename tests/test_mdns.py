@@ -99,5 +99,8 @@ async def test_cascade_falls_back_to_mdns():
         a = await net.node(c)
         b = await net.node(c)
         await wait_until(lambda: b.local_id in a.connected or a.local_id in b.connected, timeout=20)
-        sources = {cp.source for n in (a, b) for cp in n.connected.values() if cp.outbound}
-        assert sources == {PeerSource.MDNS}
+        # Both may dial at once: py-libp2p keeps one of the two connections, and which side
+        # then holds it as outbound is a race. What matters: mDNS found them, nothing else did.
+        assert a.metrics.get("mdns_found") >= 1 or b.metrics.get("mdns_found") >= 1
+        sources = {cp.source for n in (a, b) for cp in n.connected.values()}
+        assert sources <= {PeerSource.MDNS, PeerSource.INBOUND} and sources
