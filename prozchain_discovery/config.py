@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .addrs import AddressError, parse_multiaddr
+from .nat.stun import parse_stun_server
 
 __all__ = [
     "ConfigError",
@@ -199,24 +200,6 @@ class NatSettings:
             except ValueError as exc:
                 raise ConfigError(f"{prefix}.stun_servers[{i}]", str(exc)) from None
         _positive(f"{prefix}.classify_interval", self.classify_interval)
-
-
-def parse_stun_server(text: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``/ip4|ip6|dns/<host>/udp/<port>`` → (host, port)."""
-    if text.startswith("/"):
-        parts = text.strip("/").split("/")
-        if len(parts) == 4 and parts[0] in ("ip4", "ip6", "dns", "dns4", "dns6") and parts[2] == "udp":
-            host, port = parts[1], parts[3]
-        else:
-            raise ValueError(f"{text!r}: expected /ip4/<ip>/udp/<port>")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            host, port = text, "3478"
-        host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: expected HOST:PORT (e.g. stun.example.org:3478)")
-    return host, int(port)
 
 
 @dataclass(frozen=True)

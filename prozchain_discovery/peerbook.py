@@ -30,7 +30,7 @@ from .events import (
 )
 from .expiring import ExpiringMap
 from .metrics import Metrics
-from .peerdb import AsyncPeerStore, PeerDatabase, PeerSource, open_or_reset
+from .peerdb import AsyncPeerStore, PeerDatabase, PeerSource, PeerStoreUnavailable, open_or_reset
 from .peerdb.store import FlushSchedule, StoreWriteError
 from .ports import Connections, DialTarget
 from .records import RecordBatch, RecordError, VerifiedRecord, VerifiedRecordCache, peerstore_record
@@ -233,7 +233,12 @@ class PeerBook:
         path = self.db_path()
         if path is None:
             return
-        store, warning = await trio.to_thread.run_sync(open_or_reset, path)
+        try:
+            store, warning = await trio.to_thread.run_sync(open_or_reset, path)
+        except PeerStoreUnavailable as exc:  # locked, no permission, disk full: the file is kept
+            self.metrics.inc("peerdb_unavailable")
+            log.error("%s; running without a persistent peer book this time", exc)
+            return
         if warning:
             log.warning("%s", warning)
         self.store = AsyncPeerStore(store)
@@ -241,7 +246,8 @@ class PeerBook:
         log.info("peer database %s: %d entries loaded", path, loaded)
         if self.store.skipped:
             self.metrics.inc("peerdb_rows_skipped", self.store.skipped)
-            log.warning("peer database %s: skipped %d damaged rows", path, self.store.skipped)
+        if self.store.load_warning:
+            log.warning("%s", self.store.load_warning)
 
     async def close(self) -> None:
         if self.store is None:
@@ -271,7 +277,7 @@ class PeerBook:
         try:
             await self.store.save_changes(self.db)
         except StoreWriteError as exc:
-            delay = self.flush.on_failure(self.now(), str(exc))
+            delay = self.flush.on_failure(self.now(), exc)
             self.metrics.inc("peerdb_flush_failures")
             log.error("peer database flush failed (changes kept, retry in %.0f s): %s", delay, exc)
             return

@@ -43,6 +43,7 @@ from .events import EventBus
 from .guard import InboundGuard
 from .metrics import Metrics
 from .nat.service import NatService
+from .nat.stun_io import classify_nat
 from .outbound.manager import OutboundManager
 from .peerbook import PeerBook
 from .peerdb import PeerDatabase, PeerSource, PeerTableParams
@@ -117,6 +118,7 @@ class DiscoveryService:
             host, bus=bus, metrics=metrics, port_mapping=cfg.nat.port_mapping,
             stun_servers=[parse_stun_server(t) for t in cfg.nat.stun_servers],
             classify_interval=cfg.nat.classify_interval,
+            classifier=lambda servers: classify_nat(servers, server_timeout=3.0),
         )
         self.status_writer = StatusWriter(
             self.status, data_dir=self.data_dir, interval=cfg.status_interval, metrics=metrics

@@ -97,3 +97,51 @@ def test_a_node_behind_a_upnp_router_is_reachable_at_its_mapped_address(natlab, 
         err = _stop(behind)
     assert behind.returncode == 0, err[-2000:]
     assert "4001" not in _miniupnpd_rules(lab), "the mapping outlived the node"
+
+
+CLASSIFY = """
+import json, sys, time, trio
+from prozchain_discovery.nat.stun_io import classify_nat
+async def main():
+    t = time.perf_counter()
+    r = await classify_nat([(sys.argv[1], 3478)])
+    print(json.dumps({"nat_type": r.nat_type.value, "mapping": r.mapping.value,
+                      "filtering": r.filtering.value, "rfc5780": r.rfc5780,
+                      "took": time.perf_counter() - t}))
+trio.run(main)
+"""
+
+
+def _turnutils_verdict(out: str) -> tuple[str, str]:
+    import re
+
+    mapping = re.findall(r"NAT with (.+?) Mapping!", out)
+    filtering = re.findall(r"NAT with (.+?) Filtering!", out)
+    assert len(mapping) == 1 and len(filtering) == 1, out
+    return mapping[0].lower().replace(" ", "_"), filtering[0].lower().replace(" ", "_")
+
+
+def test_our_classification_equals_coturns_and_takes_a_fraction_of_its_time(natlab):  # noqa: F811
+    lab, stun = natlab, natlab.stun_ips[0]
+    ours, theirs, took = {}, {}, {}
+    procs = {}
+    for name in ("pub1", "cone1", "sym1"):
+        started = time.monotonic()
+        procs[name] = (started, lab.spawn(name, ["turnutils_natdiscovery", "-m", "-f", stun],
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        ours[name] = json.loads(lab.run(name, [sys.executable, "-c", CLASSIFY, stun], env=_env(),
+                                        capture_output=True, text=True, timeout=60).stdout)
+    for name, (started, proc) in procs.items():
+        theirs[name] = _turnutils_verdict(proc.communicate(timeout=60)[0])
+        took[name] = time.monotonic() - started
+    assert ours["pub1"]["nat_type"] == "open"
+    assert ours["cone1"]["nat_type"] == "port_restricted"
+    assert ours["sym1"]["nat_type"] == "symmetric"
+    for name in ours:
+        assert ours[name]["rfc5780"]
+        assert ours[name]["filtering"] == theirs[name][1], (name, ours[name], theirs[name])
+        if ours[name]["nat_type"] != "symmetric" or ours[name]["mapping"] != "unknown":
+            assert ours[name]["mapping"] == theirs[name][0], (name, ours[name], theirs[name])
+        print(f"{name}: ours {ours[name]['nat_type']} in {ours[name]['took'] * 1000:.0f} ms; "
+              f"turnutils_natdiscovery {theirs[name]} in {took[name]:.1f} s")
+        assert ours[name]["took"] <= took[name] / 4
