@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -122,6 +123,20 @@ def _build_parser() -> argparse.ArgumentParser:
                       "e.g. 127.0.0.1:9464 — kubo serves its own at 127.0.0.1:5001/debug/metrics/prometheus)")
     node.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL",
                       help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+    nat = sub.add_parser(
+        "nat",
+        help="classify this machine's NAT (STUN, RFC 5780) and try a port mapping",
+        description="Runs the RFC 5780 tests against a STUN server (mapping and filtering "
+        "behaviour: open, full_cone, restricted_cone, port_restricted, symmetric) and, with "
+        "--port-mapping, asks the gateway (NAT-PMP, then UPnP) to map a TCP port, then deletes "
+        "the mapping.",
+    )
+    nat.add_argument("--stun", metavar="HOST:PORT", action="append", default=[],
+                     help="STUN server (repeatable; RFC 5780 servers give the filtering too)")
+    nat.add_argument("--port-mapping", action="store_true", help="try NAT-PMP / UPnP on the gateway")
+    nat.add_argument("--port", type=int, default=4001, help="TCP port to map (default 4001)")
+    nat.add_argument("--json", action="store_true", help="print JSON")
 
     status = sub.add_parser("status", help="show a running node's peers, their sources and backoff")
     status.add_argument("--data-dir", metavar="DIR", help="the node's data dir")
@@ -451,6 +466,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_nat(args: argparse.Namespace) -> int:
+    import trio
+
+    from .nat.diagnose import diagnose
+    from .nat.stun import parse_stun_server
+
+    try:
+        servers = [parse_stun_server(t) for t in args.stun]
+    except ValueError as exc:
+        print(f"error: --stun: {exc}", file=sys.stderr)
+        return 2
+    if not servers and not args.port_mapping:
+        print("error: give --stun HOST:PORT and/or --port-mapping", file=sys.stderr)
+        return 2
+    result = trio.run(functools.partial(diagnose, servers, port_mapping=args.port_mapping, port=args.port))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:<20} {value}")
+    return 1 if "stun_error" in result or "port_mapping_error" in result else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -462,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # e.g. piped into head: not an error
             sys.stderr.close()
             return 0
+    if args.command == "nat":
+        return cmd_nat(args)
     if args.command == "demo":
         return cmd_demo(args)
     parser.print_help()

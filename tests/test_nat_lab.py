@@ -145,3 +145,16 @@ def test_our_classification_equals_coturns_and_takes_a_fraction_of_its_time(natl
         print(f"{name}: ours {ours[name]['nat_type']} in {ours[name]['took'] * 1000:.0f} ms; "
               f"turnutils_natdiscovery {theirs[name]} in {took[name]:.1f} s")
         assert ours[name]["took"] <= took[name] / 4
+
+
+def test_the_nat_command_behind_the_upnp_router(natlab):  # noqa: F811
+    lab = natlab
+    out = lab.run("upnp1", [sys.executable, "-m", "prozchain_discovery", "nat", "--stun",
+                            f"{lab.stun_ips[0]}:3478", "--port-mapping", "--port", "4011", "--json"],
+                  env=_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["nat_type"] == "port_restricted" and result["rfc5780"]
+    (mapping,) = result["port_mapping"]
+    assert mapping["method"] == "natpmp" and mapping["external"] == f"/ip4/{lab.routers['upnp'].wan_ip}/tcp/4011"
+    assert "4011" not in _miniupnpd_rules(lab)  # the command deletes what it mapped
