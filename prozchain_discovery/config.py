@@ -192,6 +192,9 @@ class NatSettings:
     stun_servers: tuple[str, ...] = ()
     port_mapping: bool = False
     classify_interval: float = 1800.0  # and whenever our addresses change
+    # Serve STUN binding (RFC 5389; RFC 5780 with two addresses) on this UDP port and the next,
+    # so a ProzChain network needs no third-party STUN servers. 0 = off.
+    serve_stun_port: int = 0
 
     def validate(self, prefix: str) -> None:
         for i, text in enumerate(self.stun_servers):
@@ -200,6 +203,8 @@ class NatSettings:
             except ValueError as exc:
                 raise ConfigError(f"{prefix}.stun_servers[{i}]", str(exc)) from None
         _positive(f"{prefix}.classify_interval", self.classify_interval)
+        if not 0 <= self.serve_stun_port < 65535:
+            raise ConfigError(f"{prefix}.serve_stun_port", "must be 0 (off) or a UDP port below 65535")
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ class DiscoveryService:
             stun_servers=[parse_stun_server(t) for t in cfg.nat.stun_servers],
             classify_interval=cfg.nat.classify_interval,
             classifier=lambda servers: classify_nat(servers, server_timeout=3.0),
+            serve_stun_port=cfg.nat.serve_stun_port,
         )
         self.status_writer = StatusWriter(
             self.status, data_dir=self.data_dir, interval=cfg.status_interval, metrics=metrics

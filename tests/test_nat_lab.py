@@ -104,8 +104,8 @@ import json, sys, time, trio
 from prozchain_discovery.nat.stun_io import classify_nat
 async def main():
     t = time.perf_counter()
-    r = await classify_nat([(sys.argv[1], 3478)])
-    print(json.dumps({"nat_type": r.nat_type.value, "mapping": r.mapping.value,
+    r = await classify_nat([(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3478)])
+    print(json.dumps({"note": r.note, "nat_type": r.nat_type.value, "mapping": r.mapping.value,
                       "filtering": r.filtering.value, "rfc5780": r.rfc5780,
                       "took": time.perf_counter() - t}))
 trio.run(main)
@@ -158,3 +158,23 @@ def test_the_nat_command_behind_the_upnp_router(natlab):  # noqa: F811
     (mapping,) = result["port_mapping"]
     assert mapping["method"] == "natpmp" and mapping["external"] == f"/ip4/{lab.routers['upnp'].wan_ip}/tcp/4011"
     assert "4011" not in _miniupnpd_rules(lab)  # the command deletes what it mapped
+
+
+def test_a_node_on_a_public_host_serves_stun_and_classifies_a_cone_client_as_coturn_does(natlab, tmp_path):  # noqa: F811
+    """The node runs beside coturn on the lab's two-address STUN host (coturn keeps 3478/3479)."""
+    lab = natlab
+    toml = ('network_id = "lab"\nlisten = ["/ip4/0.0.0.0/tcp/4001"]\n'
+            '[bootstrap]\nmin_peers_for_startup = 1\n[nat]\nserve_stun_port = 3480\n')
+    node, data = _start(lab, "stun", tmp_path, toml)
+    try:
+        _wait(lambda: "stun_server" in _status(data).get("nat", {}), 20, "the node's STUN server")
+        verdicts = {}
+        for port in (3480, 3478):  # ours, then coturn
+            out = lab.run("cone1", [sys.executable, "-c", CLASSIFY, lab.stun_ips[0], str(port)], env=_env(),
+                          capture_output=True, text=True, timeout=60)
+            verdicts[port] = json.loads(out.stdout)
+        ours, coturn = verdicts[3480], verdicts[3478]
+        assert ours["rfc5780"] and ours["nat_type"] == coturn["nat_type"] == "port_restricted"
+        assert (ours["mapping"], ours["filtering"]) == (coturn["mapping"], coturn["filtering"])
+    finally:
+        _stop(node)

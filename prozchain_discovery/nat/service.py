@@ -18,11 +18,12 @@ from typing import Any
 import trio
 from libp2p.abc import IHost
 
-from ..addrs import port_of
+from ..addrs import ip_of, port_of
 from ..events import EventBus, LocalAddressesChanged, NatStatusChanged, Wakeup
 from ..metrics import Metrics
 from .portmap import PortMapper, PortMapping
 from .status import NatStatus, Reachability
+from .stun_server import serve_stun
 
 __all__ = ["NatService"]
 
@@ -42,6 +43,7 @@ class NatService:
         port_mapping: bool = False,
         classify_interval: float = 1800.0,
         classifier: Classifier | None = None,
+        serve_stun_port: int = 0,
     ) -> None:
         self.host = host
         self.bus = bus
@@ -49,6 +51,8 @@ class NatService:
         self.stun_servers = list(stun_servers)
         self.classify_interval = classify_interval
         self.classifier = classifier
+        self.serve_stun_port = serve_stun_port
+        self.stun_responder: Any = None
         self.status_value = NatStatus()
         self.mapper = (
             PortMapper(self._listen_ports, metrics=metrics, on_change=self._on_mappings) if port_mapping else None
@@ -114,10 +118,25 @@ class NatService:
             when=trio.current_time(),
         ))
 
+    def _stun_ips(self) -> list[str]:
+        """Up to two of our IPv4 listen addresses (two make the server RFC 5780)."""
+        ips: list[str] = []
+        for a in self.host.get_addrs():
+            ip = ip_of(a)
+            if ip is not None and ip.version == 4 and str(ip) not in ips and not ip.is_unspecified:
+                ips.append(str(ip))
+        # A loopback address would be handed out as OTHER-ADDRESS: only when there is nothing else.
+        outside = [ip for ip in ips if not ip.startswith("127.")]
+        return (outside or ips)[:2]
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             if self.mapper is not None:
                 nursery.start_soon(self.mapper.run)
+            if self.serve_stun_port and (ips := self._stun_ips()):
+                port = self.serve_stun_port
+                self.stun_responder = await nursery.start(serve_stun, ips, [port, port + 1])
+                log.info("serving STUN on %s, UDP %d and %d", ", ".join(ips), port, port + 1)
             if not self.stun_servers or self.classifier is None:
                 return
             while True:
@@ -128,6 +147,8 @@ class NatService:
         out: dict[str, Any] = {"nat": self.status_value.as_dict()}
         if self.mapper is not None:
             out["nat"].update(self.mapper.status())
+        if self.stun_responder is not None:
+            out["nat"]["stun_server"] = dict(self.stun_responder.stats)
         return out
 
 
