@@ -52,6 +52,16 @@ class FakePeerstore:
         pass
 
 
+class FakeMultiselect:
+    """What the handler-removal workaround checks for on a real host (libp2p_fixes.py)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    async def negotiate(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("the stand-in host negotiates nothing")
+
+
 class FakeHost:
     """``reachable(peer_id, now)`` says whether a dial succeeds; a dial takes ``dial_time``."""
 
@@ -65,7 +75,7 @@ class FakeHost:
         self.dials: list[tuple[float, ID]] = []
         self.streams: list[tuple[float, ID, str]] = []
         self.handlers: dict[str, Any] = {}
-        self.multiselect = type("Multiselect", (), {"handlers": {}})()
+        self.multiselect = FakeMultiselect()
 
     def get_id(self) -> ID:
         return self.peer_id
