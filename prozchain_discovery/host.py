@@ -118,7 +118,11 @@ def make_host(
     dial_timeout: float = 10.0,
     extra_addrs: Callable[[], list[multiaddr.Multiaddr]] | None = None,
 ) -> IHost:
-    """A py-libp2p 0.8.1 host with the defaults this project relies on (module docstring)."""
+    """A py-libp2p 0.8.1 host with the defaults this project relies on (module docstring).
+
+    Raises :class:`~prozchain_discovery.libp2p_fixes.Libp2pPatchError` if the installed
+    py-libp2p lacks something a workaround patches (another version than the pinned 0.8.1).
+    """
     pair = key_pair or new_ed25519()
     noise = NoiseTransport(libp2p_keypair=pair, noise_privkey=new_x25519().private_key)
     host = new_host(

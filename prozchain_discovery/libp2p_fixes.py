@@ -13,7 +13,8 @@ stock configuration and its absence with ours.
   at once, ~7.6 ms of CPU per connection for both sides — more than the Noise handshake. A
   joining node's handshakes then queue behind identifies. :func:`defer_identify` starts each
   identify ``delay`` seconds after the connection (nothing waits for it: ``new_stream`` does not,
-  and our own use of the signed record it brings waits up to 5 s).
+  and our own use of the signed record it brings waits up to 5 s) — except over a relayed
+  (``/p2p-circuit``) connection and for peers named by :func:`identify_now` (hole punching).
 * Bug 2 — plaintext/secio accepted by default: we pass Noise as the only security transport.
 * Bug 9 — hidden AutoConnector: any peer with addresses in the peerstore is dialed every
   ~10 s while below ``min_connections=50``. Our outbound policy (peer database +
@@ -27,9 +28,11 @@ stock configuration and its absence with ours.
 * Zombie listener (found here): after ``async with host.run(...)`` exits, the TCP listener
   still accepts connections (the host is "stopped" but dialable; every accepted connection
   then fails with ``LifecycleError``). :func:`run_host` closes the listeners on exit.
-* Bug 16 — libp2p's logger has ``propagate=False`` and no handler: :func:`route_libp2p_logs`
-  (called by the CLI, not at import) sends its warnings through the application's logging,
-  rate-limited per message, with the known shutdown noise demoted to DEBUG.
+* Bug 16 — libp2p's logger has ``propagate=False`` and no handler, so its errors reach no
+  handler of the application's: :func:`route_libp2p_logs` (called by the CLI, not at import)
+  hands them to the ``prozchain_discovery.libp2p`` logger, at most N per message template a
+  minute (then a "suppressed K similar" line), with :data:`SHUTDOWN_NOISE` — the ERROR py-libp2p
+  logs for every stream torn down under it — demoted to DEBUG.
 
 Every patch checks that what it replaces exists and fails loudly (:class:`Libp2pPatchError`) at
 ``make_host`` if a py-libp2p upgrade moved it, instead of silently patching nothing.
@@ -37,8 +40,11 @@ Every patch checks that what it replaces exists and fails loudly (:class:`Libp2p
 
 from __future__ import annotations
 
+import copy
+import inspect
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -59,6 +65,11 @@ __all__ = [
     "defer_identify",
     "expand_wildcard_addrs",
     "route_libp2p_logs",
+    "Libp2pLogRouter",
+    "RateLimitFilter",
+    "LIBP2P_LOGGER",
+    "SHUTDOWN_NOISE",
+    "is_shutdown_noise",
     "local_interface_ips",
     "tolerate_handler_removal",
     "run_host",
@@ -70,16 +81,52 @@ class Libp2pPatchError(RuntimeError):
     """A workaround found py-libp2p without the thing it patches (an upgrade moved it)."""
 
 
-def _require(obj: Any, attr: str, patch: str) -> Any:
-    if not hasattr(obj, attr):
+def _libp2p_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("libp2p")
+    except Exception:  # pragma: no cover - not installed as a distribution
         import libp2p
 
-        version = getattr(libp2p, "__version__", "?")
-        raise Libp2pPatchError(
-            f"{patch}: py-libp2p {version} has no {type(obj).__name__}.{attr}; this project "
-            "pins libp2p==0.8.1 (see prozchain_discovery/libp2p_fixes.py)"
-        )
-    return getattr(obj, attr)
+        return str(getattr(libp2p, "__version__", "?"))
+
+
+def _patch_error(patch: str, thing: str) -> Libp2pPatchError:
+    return Libp2pPatchError(
+        f"{patch}: py-libp2p {_libp2p_version()} has no {thing}; this project pins libp2p==0.8.1"
+    )
+
+
+def _require(obj: Any, attr: str, patch: str, owner: str | None = None) -> Any:
+    """``obj.attr``, or :class:`Libp2pPatchError` naming what is missing."""
+    try:
+        return getattr(obj, attr)
+    except AttributeError:
+        raise _patch_error(patch, f"{owner or type(obj).__name__}.{attr}") from None
+
+
+def _require_method(
+    obj: Any, name: str, patch: str, *, is_async: bool, params: Sequence[str] | None = None,
+    owner: str | None = None,
+) -> Any:
+    """``obj.name``, a method of the expected kind (and parameter names), or a loud error."""
+    where = f"{owner or type(obj).__name__}.{name}"
+    method = _require(obj, name, patch, owner)
+    kind = "async method" if is_async else "method"
+    if not callable(method) or inspect.iscoroutinefunction(method) != is_async:
+        raise _patch_error(patch, f"{kind} {where}")
+    if params is not None:
+        try:
+            names = [
+                p.name for p in inspect.signature(method).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+        except (TypeError, ValueError):
+            names = []
+        if names != list(params):
+            raise _patch_error(patch, f"{kind} {where}({', '.join(params)})")
+    return method
 
 
 def safe_connection_config(dial_timeout: float = 10.0) -> ConnectionConfig:
@@ -92,8 +139,19 @@ def safe_connection_config(dial_timeout: float = 10.0) -> ConnectionConfig:
 
 
 class _InertAutoConnector:
-    """Stands in for ``libp2p.network.auto_connector.AutoConnector`` (bug 9)."""
+    """Stands in for ``libp2p.network.auto_connector.AutoConnector`` (bug 9).
 
+    It has exactly what py-libp2p 0.8.1 uses, with the same sync/async kinds:
+    ``Swarm.run`` awaits ``start()``, ``run_background_task(nursery)`` and ``stop()``;
+    ``Swarm._schedule_auto_connect`` reads ``_is_connecting`` and runs ``maybe_connect`` as a
+    task; ``Swarm.notify_disconnected`` calls ``record_disconnect(peer_id)``; the Kademlia DHT
+    calls ``set_discovery_callback(cb)``. Anything else raises ``AttributeError``: a no-op
+    answering every name would hide a new async hook (a coroutine never awaited) or a property
+    read behind ``None``. :func:`disable_auto_connector` checks the real class still has
+    exactly these.
+    """
+
+    __slots__ = ()
     _is_connecting = False
 
     async def start(self) -> None:
@@ -114,16 +172,45 @@ class _InertAutoConnector:
     def set_discovery_callback(self, callback: Any) -> None:
         return None
 
-    # Exactly what py-libp2p 0.8.1 calls (start, stop, run_background_task, maybe_connect,
-    # record_disconnect, set_discovery_callback, _is_connecting). Anything else raises
-    # AttributeError: a no-op answering every name would hide a new async hook (a coroutine
-    # never awaited) or a property read behind None.
+
+# name -> is_async, for every AutoConnector method py-libp2p 0.8.1 calls from outside the class.
+_AUTO_CONNECTOR_HOOKS: dict[str, bool] = {
+    "start": True,
+    "stop": True,
+    "run_background_task": True,
+    "maybe_connect": True,
+    "record_disconnect": False,
+    "set_discovery_callback": False,
+}
+# Its other public methods in 0.8.1, which nothing outside the class calls. A method not in
+# either list is new: something may call it on the inert stand-in, so make_host refuses.
+_AUTO_CONNECTOR_UNUSED = frozenset(
+    {"record_successful_connection", "record_failed_connection", "clear_cooldown",
+     "clear_all_cooldowns"}
+)
 
 
 def disable_auto_connector(host: Any) -> None:
     """Bug 9: stop py-libp2p from dialing every peerstore entry behind our back."""
-    network = host.get_network()
-    _require(network, "auto_connector", "disable_auto_connector")
+    patch = "disable_auto_connector"
+    network = _require_method(host, "get_network", patch, is_async=False)()
+    current = _require(network, "auto_connector", patch, "Swarm")
+    if isinstance(current, _InertAutoConnector):
+        return
+    for name, is_async in _AUTO_CONNECTOR_HOOKS.items():
+        _require_method(current, name, patch, is_async=is_async, owner="AutoConnector")
+    if not isinstance(getattr(current, "_is_connecting", None), bool):
+        raise _patch_error(patch, "AutoConnector._is_connecting flag")
+    public = {
+        n for n in dir(type(current))
+        if not n.startswith("_") and callable(getattr(type(current), n, None))
+    }
+    unknown = sorted(public - set(_AUTO_CONNECTOR_HOOKS) - _AUTO_CONNECTOR_UNUSED)
+    if unknown:
+        raise Libp2pPatchError(
+            f"{patch}: py-libp2p {_libp2p_version()} has AutoConnector methods the inert "
+            f"stand-in lacks ({', '.join(unknown)}); this project pins libp2p==0.8.1"
+        )
     network.auto_connector = _InertAutoConnector()
 
 
@@ -143,64 +230,160 @@ class _HandlerTable(dict):  # type: ignore[type-arg]
 
 def tolerate_handler_removal(host: Any) -> None:
     """The handler-removal race (module docstring): a late lookup resets the stream."""
-    mux = _require(host, "multiselect", "tolerate_handler_removal")
-    handlers = _require(mux, "handlers", "tolerate_handler_removal")
+    patch = "tolerate_handler_removal"
+    mux = _require(host, "multiselect", patch, "BasicHost")
+    _require_method(mux, "negotiate", patch, is_async=True, owner="Multiselect")
+    handlers = _require(mux, "handlers", patch, "Multiselect")
     if not isinstance(handlers, dict):
-        raise Libp2pPatchError(f"tolerate_handler_removal: multiselect.handlers is a {type(handlers).__name__}")
+        raise _patch_error(patch, f"dict Multiselect.handlers (it is a {type(handlers).__name__})")
     if not isinstance(handlers, _HandlerTable):
         mux.handlers = _HandlerTable(handlers)
 
 
 def no_swarm_retries(host: Any) -> None:
+    """Swarm dial retries (module docstring): a refused dial fails at once."""
     from libp2p.network.config import RetryConfig
 
-    network = host.get_network()
-    _require(network, "retry_config", "no_swarm_retries")
+    patch = "no_swarm_retries"
+    network = _require_method(host, "get_network", patch, is_async=False)()
+    current = _require(network, "retry_config", patch, "Swarm")
+    if not hasattr(current, "max_retries"):
+        raise _patch_error(patch, "Swarm.retry_config.max_retries")
     network.retry_config = RetryConfig(max_retries=0)
+
+
+# ---- identify deferral --------------------------------------------------------------------
+
+_DEFERRAL_ATTR = "_prozchain_identify_deferral"
+_AT_ONCE_MAX = 1024  # peers marked by identify_now that have not connected yet
+
+
+class _IdentifyDeferral:
+    """Per-host state of :func:`defer_identify` (stored on the host, not in this module)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.at_once: dict[Any, None] = {}  # insertion-ordered set, bounded by _AT_ONCE_MAX
+        self.waiting: dict[Any, trio.Event] = {}
+
+    def mark(self, peer_id: Any) -> None:
+        event = self.waiting.get(peer_id)
+        if event is not None:
+            event.set()  # a deferred identify is sleeping: wake it now
+            return
+        self.at_once.pop(peer_id, None)
+        self.at_once[peer_id] = None
+        while len(self.at_once) > _AT_ONCE_MAX:
+            del self.at_once[next(iter(self.at_once))]
+
+    def take(self, peer_id: Any) -> bool:
+        """Whether ``peer_id`` was marked by :func:`identify_now` (the mark is used up)."""
+        if peer_id in self.at_once:
+            del self.at_once[peer_id]
+            return True
+        return False
 
 
 def defer_identify(host: Any, delay: float = 0.25) -> None:
     """Start identify ``delay`` s after a connection, except where it is needed at once.
 
-    Relayed connections (``/p2p-circuit``) and peers named by :func:`identify_now` (hole
-    punching needs the peer's addresses before it can punch) are identified immediately.
+    py-libp2p spawns ``host._identify_task_entry(peer_id, reason)`` for every new connection;
+    the wrapper waits ``delay`` first. It does not wait for a peer reached over a relayed
+    connection (``/p2p-circuit`` transport address, or ``ConnectionType.RELAYED``), nor for a
+    peer named by :func:`identify_now` (hole punching needs the peer's addresses and protocols
+    before it can punch). The relayed check is repeated while waiting: an inbound circuit is
+    tagged as relayed just after py-libp2p announces the connection.
     """
-    original = _require(host, "_identify_task_entry", "defer_identify")
-    if getattr(original, "_deferred", False):
+    patch = "defer_identify"
+    current = _require(host, "_identify_task_entry", patch, "BasicHost")
+    if getattr(current, "_deferred", False):
         return
-    if not hasattr(host, "_prozchain_identify_now"):
-        host._prozchain_identify_now = set()
+    original = _require_method(
+        host, "_identify_task_entry", patch, is_async=True, params=("peer_id", "reason"),
+        owner="BasicHost",
+    )
+    _require_method(host, "_schedule_identify", patch, is_async=False, owner="BasicHost")
+    network = _require_method(host, "get_network", patch, is_async=False)()
+    _require_method(network, "get_connections", patch, is_async=False, owner="Swarm")
+    state = _IdentifyDeferral(delay)
 
     async def deferred(peer_id: Any, reason: str) -> None:
-        if peer_id not in host._prozchain_identify_now and not _is_relayed_peer(host, peer_id):
-            await trio.sleep(delay)
-        host._prozchain_identify_now.discard(peer_id)
+        if not state.take(peer_id) and not _is_relayed_peer(host, peer_id):
+            await _wait_unless_needed(host, state, peer_id)
         await original(peer_id, reason)
 
     deferred._deferred = True  # type: ignore[attr-defined]
+    setattr(host, _DEFERRAL_ATTR, state)
     host._identify_task_entry = deferred
 
 
-def identify_now(host: Any, peer_id: Any) -> None:
-    """The next identify of ``peer_id`` starts at once (no :func:`defer_identify` delay)."""
-    pending = getattr(host, "_prozchain_identify_now", None)
-    if pending is not None and len(pending) < 1024:
-        pending.add(peer_id)
-
-
-def _is_relayed_peer(host: Any, peer_id: Any) -> bool:
+async def _wait_unless_needed(host: Any, state: _IdentifyDeferral, peer_id: Any) -> None:
+    """Sleep ``state.delay``; end early on :func:`identify_now` or a connection seen relayed."""
+    woken = state.waiting.setdefault(peer_id, trio.Event())
     try:
-        conns = host.get_network().get_connections(peer_id)
-    except Exception:  # a host without the method: treat as direct
-        return False
-    for conn in conns:
+        deadline = trio.current_time() + state.delay
+        while not woken.is_set() and trio.current_time() < deadline:
+            with trio.move_on_at(min(deadline, trio.current_time() + 0.05)):
+                await woken.wait()
+            if _is_relayed_peer(host, peer_id):
+                break
+    finally:
+        if state.waiting.get(peer_id) is woken:
+            del state.waiting[peer_id]
+
+
+def identify_now(host: Any, peer_id: Any) -> None:
+    """Identify ``peer_id`` without the :func:`defer_identify` delay (e.g. before hole punching).
+
+    If an identify of the peer is waiting out the delay, it starts now; if the peer is connected
+    and not identified yet, identify is started; otherwise the next connection to the peer is
+    identified at once. A host without :func:`defer_identify` identifies at once anyway.
+    """
+    state = getattr(host, _DEFERRAL_ATTR, None)
+    if not isinstance(state, _IdentifyDeferral):
+        return
+    state.mark(peer_id)
+    if peer_id in state.waiting:
+        return
+    try:
+        connected = bool(host.get_network().get_connections(peer_id))
+    except Exception:
+        connected = False
+    if connected:
+        host._schedule_identify(peer_id, reason="identify-now")  # no-op if done or running
+
+
+def _is_relayed_conn(conn: Any) -> bool:
+    try:
+        from libp2p.connection_types import ConnectionType
+
+        if conn.get_connection_type() == ConnectionType.RELAYED:
+            return True
+    except Exception:
+        pass
+    addrs = getattr(conn, "_actual_transport_addresses", None)
+    if addrs is None:
         try:
             addrs = conn.get_transport_addresses()
         except Exception:
-            continue
-        if any("/p2p-circuit" in str(a) for a in addrs):
-            return True
+            return False
+    for addr in addrs or ():
+        try:
+            if any(p.name == "p2p-circuit" for p in addr.protocols()):
+                return True
+        except Exception:
+            if "/p2p-circuit" in str(addr):
+                return True
     return False
+
+
+def _is_relayed_peer(host: Any, peer_id: Any) -> bool:
+    """Whether any of our connections to ``peer_id`` goes through a circuit relay."""
+    try:
+        conns = host.get_network().get_connections(peer_id)
+    except Exception:
+        return False
+    return any(_is_relayed_conn(c) for c in conns or ())
 
 
 def local_interface_ips() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -262,80 +445,187 @@ def expand_wildcard_addrs(
     return factory
 
 
-# Messages py-libp2p logs at WARNING/ERROR for every stream torn down while a host stops.
-SHUTDOWN_NOISE = (
-    "Error resetting stream",
-    "Error closing muxed connection",
-    "Error while closing muxed connection",
-    "Error closing connection",
-    "Failed to send GO_AWAY",
-    "LifecycleError",
-    "Stream closed",
-    "stream reset",
+# ---- libp2p's log records (bug 16) --------------------------------------------------------
+
+LIBP2P_LOGGER = "prozchain_discovery.libp2p"
+
+# What py-libp2p 0.8.1 logs at WARNING/ERROR for every stream or connection torn down under it
+# (a peer or our own host shutting down, a connection closed mid-negotiation): (logger name
+# prefix, regular expression matched at the start of the formatted message). The caller of the
+# failed operation gets an exception and handles it; these records only repeat it, one per
+# stream. Measured by running tests/test_pex_network.py and tests/test_cascade.py.
+SHUTDOWN_NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # BasicHost.new_stream, a stream reset or closed while protocols were being negotiated
+    ("libp2p.host.basic_host",
+     re.compile(r"Failed to open stream to peer \S+:\s+Error: (handshake|protocol) (read|write) failed")),
+    # MultiselectClient.handshake, the same streams one layer down
+    ("libp2p.protocol_muxer.multiselect_client",
+     re.compile(r"MultiselectClient handshake: (read|write) failed")),
+    # Yamux.handle_incoming when the connection under it is closed
+    ("libp2p.stream_muxer.yamux",
+     re.compile(r"Error in handle_incoming for peer \S+: (ClosedResourceError|ConnectionClosedError|BrokenResourceError)")),
+    # Swarm.add_conn cancelled because the host is stopping
+    ("libp2p.network.swarm", re.compile(r"\[ADDCONN_FAIL\] add_conn failed for peer \S+: Cancelled\(")),
 )
+
+_PEER_ID = re.compile(r"\b(?:12D3KooW|16Uiu2|Qm)[1-9A-HJ-NP-Za-km-z]{20,}")
+_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
+
+
+def is_shutdown_noise(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is one of :data:`SHUTDOWN_NOISE`."""
+    if record.levelno < logging.WARNING:
+        return False
+    message: str | None = None
+    for prefix, pattern in SHUTDOWN_NOISE:
+        if record.name.startswith(prefix):
+            if message is None:
+                message = record.getMessage()
+            if pattern.match(message):
+                return True
+    return False
+
+
+def message_template(record: logging.LogRecord) -> str:
+    """What counts as "the same message" for rate limiting.
+
+    ``record.msg`` when the record has arguments; otherwise (py-libp2p formats most messages
+    itself, with f-strings) the message with peer ids and numbers blanked out.
+    """
+    if record.args:
+        return str(record.msg)[:300]
+    return _NUMBER.sub("N", _PEER_ID.sub("<peer>", str(record.msg)))[:300]
 
 
 class RateLimitFilter(logging.Filter):
-    """At most ``rate_per_minute`` records per message template and logger each minute; then one
-    "suppressed N similar" line when the minute is over. Known shutdown noise goes to DEBUG."""
+    """At most ``rate_per_minute`` records per logger and message template in each window.
 
-    def __init__(self, rate_per_minute: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+    A template's window starts at its first record and lasts ``window`` seconds (clock:
+    ``clock``, :func:`time.monotonic` unless a test injects one). Records over the limit are
+    dropped and counted; when the window is over, :meth:`pop_summaries` returns one
+    "suppressed N similar" record for it (looked for at the template's next record, and among
+    all templates at most once per second of the clock).
+    """
+
+    def __init__(
+        self, rate_per_minute: int = 10, *, clock: Callable[[], float] = time.monotonic,
+        window: float = 60.0, max_templates: int = 512,
+    ) -> None:
         super().__init__()
+        if rate_per_minute < 1:
+            raise ValueError("rate_per_minute must be at least 1")
         self.rate = rate_per_minute
         self.clock = clock
-        self._windows: dict[tuple[str, str], list[float]] = {}  # key -> [window start, count, suppressed]
+        self.window = window
+        self.max_templates = max_templates
+        # (logger name, template) -> [window start, records seen, records dropped, level]
+        self._windows: dict[tuple[str, str], list[Any]] = {}
+        self._summaries: list[logging.LogRecord] = []
+        self._last_sweep = float("-inf")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("libp2p"):
-            return True  # installed on the application's handlers: only libp2p's records
-        verdict = getattr(record, "_prozchain_rate_verdict", None)
-        if verdict is None:  # one decision per record, however many handlers ask
-            verdict = self._decide(record)
-            record._prozchain_rate_verdict = verdict
-        return bool(verdict)
-
-    def _decide(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg)
-        if record.levelno > logging.DEBUG and any(n in text or n in record.getMessage() for n in SHUTDOWN_NOISE):
-            if logging.getLogger("libp2p").getEffectiveLevel() > logging.DEBUG:
-                return False
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        key = (record.name, text[:200])
         now = self.clock()
+        key = (record.name, message_template(record))
         window = self._windows.get(key)
-        if window is None or now - window[0] >= 60.0:
-            if window is not None and window[2]:
-                record.msg = f"{record.msg} (and {int(window[2])} similar in the last minute, suppressed)"
-            if len(self._windows) > 1000:
-                self._windows.clear()  # bounded: a flood of distinct messages resets the table
-            self._windows[key] = [now, 1, 0]
-            return True
+        if window is not None and now - window[0] >= self.window:
+            self._close(key, window)
+            window = None
+        if window is None:
+            if len(self._windows) >= self.max_templates:
+                self._sweep(now, force=True)
+            window = self._windows[key] = [now, 0, 0, record.levelno]
         window[1] += 1
+        window[3] = max(window[3], record.levelno)
         if window[1] <= self.rate:
             return True
         window[2] += 1
         return False
 
+    def pop_summaries(self) -> list[logging.LogRecord]:
+        """The "suppressed N similar" records of windows that are over."""
+        self._sweep(self.clock())
+        out, self._summaries = self._summaries, []
+        return out
 
-def route_libp2p_logs(level: int = logging.WARNING, *, rate_per_minute: int = 10,
-                      clock: Callable[[], float] = time.monotonic) -> RateLimitFilter:
-    """Bug 16: libp2p's records at ``level`` and above go through the application's handlers,
-    rate-limited (:class:`RateLimitFilter` on the root logger's handlers: a logger's own filters
-    do not see its children's records). Idempotent: a second call replaces the filter."""
+    def _sweep(self, now: float, force: bool = False) -> None:
+        if not force and now - self._last_sweep < 1.0:
+            return
+        self._last_sweep = now
+        for key, window in list(self._windows.items()):
+            if now - window[0] >= self.window:
+                self._close(key, window)
+        while len(self._windows) >= self.max_templates:  # a flood of distinct messages
+            key = next(iter(self._windows))
+            self._close(key, self._windows[key])
+
+    def _close(self, key: tuple[str, str], window: list[Any]) -> None:
+        del self._windows[key]
+        if window[2]:
+            name, template = key
+            self._summaries.append(logging.LogRecord(
+                name, window[3], __file__, 0,
+                "suppressed %d similar records in the last %d s: %s",
+                (window[2], round(self.window), template.splitlines()[0] if template else ""),
+                None,
+            ))
+
+
+class Libp2pLogRouter(logging.Handler):
+    """A handler on the ``libp2p`` logger: its records go to :data:`LIBP2P_LOGGER`.
+
+    A record ``libp2p.X`` is handled by the logger ``prozchain_discovery.libp2p.X`` (so the
+    application's configuration of ``prozchain_discovery`` decides where it goes), after
+    :func:`is_shutdown_noise` records are demoted to DEBUG and WARNING+ records pass
+    :attr:`limiter` (a :class:`RateLimitFilter`).
+    """
+
+    def __init__(self, level: int = logging.WARNING, rate_per_minute: int = 10) -> None:
+        super().__init__(level)
+        self.limiter = RateLimitFilter(rate_per_minute)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        rec = copy.copy(record)  # other handlers on libp2p's loggers see the original
+        if is_shutdown_noise(rec):
+            rec.levelno, rec.levelname = logging.DEBUG, "DEBUG"
+        target = _target_logger(rec.name)
+        if not target.isEnabledFor(rec.levelno):
+            return  # before the limiter: a record nobody sees uses no quota
+        for summary in self.limiter.pop_summaries():
+            _forward(summary)
+        if record.levelno >= logging.WARNING and not self.limiter.filter(rec):
+            return
+        _forward(rec)
+
+
+def _target_logger(libp2p_name: str) -> logging.Logger:
+    """``libp2p.network.swarm`` -> the logger ``prozchain_discovery.libp2p.network.swarm``."""
+    if libp2p_name == "libp2p" or libp2p_name.startswith("libp2p."):
+        return logging.getLogger(LIBP2P_LOGGER + libp2p_name[len("libp2p"):])
+    return logging.getLogger(LIBP2P_LOGGER)
+
+
+def _forward(rec: logging.LogRecord) -> None:
+    logger = _target_logger(rec.name)
+    if logger.isEnabledFor(rec.levelno):
+        rec.name = logger.name
+        logger.handle(rec)
+
+
+def route_libp2p_logs(level: int = logging.WARNING, *, rate_per_minute: int = 10) -> None:
+    """Bug 16: libp2p's records at ``level`` and above go to :data:`LIBP2P_LOGGER`.
+
+    WARNING and above are rate-limited (``rate_per_minute`` per message template, then a
+    "suppressed N similar" summary); :data:`SHUTDOWN_NOISE` is demoted to DEBUG. Idempotent:
+    a second call replaces the :class:`Libp2pLogRouter` of the first. libp2p's logger keeps
+    ``propagate=False``, so nothing is printed twice.
+    """
     lg = logging.getLogger("libp2p")
-    lg.propagate = True
+    for old in [h for h in lg.handlers if isinstance(h, Libp2pLogRouter)]:
+        lg.removeHandler(old)
+        old.close()
+    lg.addHandler(Libp2pLogRouter(level, rate_per_minute))
     lg.setLevel(level)
-    limiter = RateLimitFilter(rate_per_minute, clock)
-    for handler in logging.getLogger().handlers:
-        for old in [f for f in handler.filters if isinstance(f, RateLimitFilter)]:
-            handler.removeFilter(old)
-        handler.addFilter(limiter)
-    # Some libp2p modules pin their own level to INFO (e.g. the auto connector); quiet them.
-    for name, obj in list(logging.root.manager.loggerDict.items()):
-        if name.startswith("libp2p.") and isinstance(obj, logging.Logger):
-            obj.setLevel(level)
-            obj.propagate = True
-    return limiter
+    lg.propagate = False
 
 
 async def close_listeners(host: Any) -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
+import re
 import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import multiaddr
 import pytest
@@ -36,7 +42,7 @@ async def test_bug1_dial_delay_gone():
 
 
 async def test_bug2_only_noise_offered():
-    host = make_host()
+    host: Any = make_host()
     offered = list(host.get_network().upgrader.security_multistream.transports.keys())
     assert [str(p) for p in offered] == ["/noise"]
 
@@ -121,7 +127,9 @@ async def test_refused_dial_fails_fast_without_swarm_retries():
     assert times["ours"] < 0.2, times
 
 
-# ---- every patch is tested, and fails loudly when py-libp2p lacks what it patches ------------
+# ---- every patch fails loudly when py-libp2p lacks what it patches -------------------------
+
+_LOUD = r"^{patch}: py-libp2p 0\.8\.1 has no (?P<thing>.+); this project pins libp2p==0\.8\.1$"
 
 
 class _Bare:
@@ -132,118 +140,525 @@ class _Bare:
 
 
 @pytest.mark.parametrize(
-    "patch",
-    [libp2p_fixes.disable_auto_connector, libp2p_fixes.no_swarm_retries, libp2p_fixes.defer_identify,
-     libp2p_fixes.tolerate_handler_removal],
+    ("patch", "missing"),
+    [
+        (libp2p_fixes.disable_auto_connector, "Swarm.auto_connector"),
+        (libp2p_fixes.no_swarm_retries, "Swarm.retry_config"),
+        (libp2p_fixes.defer_identify, "BasicHost._identify_task_entry"),
+        (libp2p_fixes.tolerate_handler_removal, "BasicHost.multiselect"),
+    ],
 )
-def test_a_patch_with_nothing_to_patch_fails_loudly(patch):
-    with pytest.raises(libp2p_fixes.Libp2pPatchError, match="libp2p==0.8.1"):
+def test_a_patch_with_nothing_to_patch_fails_loudly(patch, missing):
+    with pytest.raises(libp2p_fixes.Libp2pPatchError) as err:
         patch(_Bare())
+    m = re.match(_LOUD.format(patch=patch.__name__), str(err.value))
+    assert m, str(err.value)
+    assert m["thing"] == missing
 
 
-def test_inert_auto_connector_has_exactly_the_hooks_libp2p_calls():
-    import inspect
+def test_a_patch_finding_the_wrong_shape_fails_loudly():
+    class SyncIdentify:  # identify entry became synchronous
+        def _identify_task_entry(self, peer_id, reason):
+            return None
 
+    class OtherParams:  # identify entry takes other arguments
+        async def _identify_task_entry(self, peer_id):
+            return None
+
+    class Connector:  # AutoConnector.start became synchronous
+        _is_connecting = False
+
+        def start(self):
+            return None
+
+    class HostWith:
+        def __init__(self, **network_attrs):
+            self.net = type("Swarm", (), network_attrs)()
+
+        def get_network(self):
+            return self.net
+
+    class ListHandlers:
+        multiselect = type("Multiselect", (), {"handlers": [], "negotiate": _async_noop})()
+
+    cases = [
+        (libp2p_fixes.defer_identify, SyncIdentify(), "async method BasicHost._identify_task_entry"),
+        (libp2p_fixes.defer_identify, OtherParams(),
+         "async method BasicHost._identify_task_entry(peer_id, reason)"),
+        (libp2p_fixes.disable_auto_connector, HostWith(auto_connector=Connector()),
+         "async method AutoConnector.start"),
+        (libp2p_fixes.no_swarm_retries, HostWith(retry_config=object()),
+         "Swarm.retry_config.max_retries"),
+        (libp2p_fixes.tolerate_handler_removal, ListHandlers(), "dict Multiselect.handlers (it is a list)"),
+    ]
+    for patch, host, thing in cases:
+        with pytest.raises(libp2p_fixes.Libp2pPatchError) as err:
+            patch(host)
+        m = re.match(_LOUD.format(patch=patch.__name__), str(err.value))
+        assert m and m["thing"] == thing, str(err.value)
+
+
+async def _async_noop(*_a):
+    return None
+
+
+def test_make_host_refuses_a_py_libp2p_without_what_it_patches(monkeypatch):
+    """An upgrade that moves a patched method stops make_host, instead of patching nothing."""
     from libp2p.network.auto_connector import AutoConnector
 
-    inert = libp2p_fixes._InertAutoConnector()
-    for name in ("start", "stop", "run_background_task", "maybe_connect", "record_disconnect",
-                 "set_discovery_callback"):
+    owner = next(c for c in type(make_host()).__mro__ if "_identify_task_entry" in vars(c))
+    with monkeypatch.context() as m:
+        m.delattr(owner, "_identify_task_entry")
+        with pytest.raises(libp2p_fixes.Libp2pPatchError, match=r"^defer_identify: .*_identify_task_entry"):
+            make_host()
+    # A new AutoConnector method: py-libp2p might call it on the inert stand-in.
+    with monkeypatch.context() as m:
+        m.setattr(AutoConnector, "trim_peers", lambda self: None, raising=False)
+        with pytest.raises(libp2p_fixes.Libp2pPatchError, match=r"^disable_auto_connector: .*trim_peers"):
+            make_host()
+    make_host()  # and the real 0.8.1 passes every check
+
+
+def test_patching_twice_is_harmless():
+    host: Any = make_host()  # service.py patches hosts again (they may not come from make_host)
+    inert, entry = host.get_network().auto_connector, host._identify_task_entry
+    for patch in (libp2p_fixes.disable_auto_connector, libp2p_fixes.no_swarm_retries,
+                  libp2p_fixes.defer_identify, libp2p_fixes.tolerate_handler_removal):
+        patch(host)
+    assert host.get_network().auto_connector is inert
+    assert host._identify_task_entry is entry
+    assert isinstance(host.multiselect.handlers, libp2p_fixes._HandlerTable)
+
+
+# ---- the inert auto-connector ------------------------------------------------------------------
+
+
+def _auto_connector_uses() -> set[str]:
+    """Every attribute py-libp2p 0.8.1 reads on a swarm's auto-connector, from its source."""
+    import libp2p
+
+    root = Path(libp2p.__file__).parent
+    pattern = re.compile(
+        r"auto_connector\s*\.\s*(\w+)|(?:getattr|hasattr)\(\s*(?:self\.)?auto_connector\s*,\s*\"(\w+)\""
+    )
+    used: set[str] = set()
+    for path in root.rglob("*.py"):
+        if path.name == "auto_connector.py":
+            continue
+        for m in pattern.finditer(path.read_text(encoding="utf-8", errors="replace")):
+            used.add(m[1] or m[2])
+    return used
+
+
+def test_inert_auto_connector_has_exactly_what_libp2p_uses():
+    from libp2p.network.auto_connector import AutoConnector
+
+    uses = _auto_connector_uses()
+    assert uses == {"start", "stop", "run_background_task", "maybe_connect", "record_disconnect",
+                    "set_discovery_callback", "_is_connecting"}, uses
+    inert: Any = libp2p_fixes._InertAutoConnector()
+    for name in uses - {"_is_connecting"}:
         ours, theirs = getattr(inert, name), getattr(AutoConnector, name)
         assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs), name
     assert inert._is_connecting is False
     with pytest.raises(AttributeError):
         inert.some_hook_added_in_a_later_release  # noqa: B018 - must not be a silent no-op
+    with pytest.raises(AttributeError):
+        inert.record_successful_connection  # noqa: B018 - exists upstream, never called from outside
+    with pytest.raises(AttributeError):
+        inert.anything = 1  # no attribute can be set on it either
 
 
-async def _identified_after(host_a, host_b) -> float:
+async def test_inert_auto_connector_survives_a_host_lifetime():
+    """start/run_background_task/stop, a disconnect (record_disconnect, auto-connect trigger)."""
+    async with _two_hosts() as (a, b):
+        assert isinstance(a.get_network().auto_connector, libp2p_fixes._InertAutoConnector)
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+        await a.disconnect(b.get_id())
+        await trio.sleep(0.05)
+        assert b.get_id() not in a.get_connected_peers()
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))  # the host still works
+        assert b.get_id() in a.get_connected_peers()
+
+
+# ---- identify deferral ------------------------------------------------------------------------
+
+
+async def _identified_after(host_a, host_b, *, during=None) -> float:
+    """Seconds from the start of a dial until ``host_a`` knows ``host_b``'s protocols."""
     t = trio.current_time()
     await host_a.connect(PeerInfo(host_b.get_id(), host_b.get_addrs()))
+    if during is not None:
+        await during()
     with trio.fail_after(5):
         while not host_a.get_peerstore().get_protocols(host_b.get_id()):
-            await trio.sleep(0.01)
+            await trio.sleep(0.005)
     return trio.current_time() - t
 
 
-async def test_identify_is_deferred_unless_asked_for_at_once():
+async def test_identify_is_deferred_where_py_libp2p_runs_it_at_once():
     async with _two_hosts() as (a, b):
-        took = await _identified_after(a, b)
-        assert took >= 0.25  # deferred: the joiner's handshakes do not queue behind identify
+        del a._identify_task_entry  # py-libp2p's own: identify at once, on the join path
+        stock = await _identified_after(a, b)
     async with _two_hosts() as (a, b):
-        libp2p_fixes.identify_now(a, b.get_id())  # e.g. before a hole punch
-        took = await _identified_after(a, b)
-        assert took < 0.25
+        ours = await _identified_after(a, b)
+    assert stock < 0.2, f"py-libp2p identified after {stock:.3f} s"
+    assert ours >= 0.25, f"identified after {ours:.3f} s: not deferred"
 
 
-def test_relayed_connections_are_identified_at_once():
-    class Conn:
-        def __init__(self, addr):
-            self.addr = addr
+async def test_identify_now_skips_the_deferral():
+    async with _two_hosts() as (a, b):
+        libp2p_fixes.identify_now(a, b.get_id())  # before the connection (e.g. a hole punch)
+        before = await _identified_after(a, b)
+    async with _two_hosts() as (a, b):
 
-        def get_transport_addresses(self):
-            return [multiaddr.Multiaddr(self.addr)]
+        async def ask():  # while the identify is waiting out its delay
+            await trio.sleep(0.03)
+            libp2p_fixes.identify_now(a, b.get_id())
 
-    class Net:
-        def __init__(self, conns):
-            self.conns = conns
-
-        def get_connections(self, _pid):
-            return self.conns
-
-    class H:
-        def __init__(self, addr):
-            self.net = Net([Conn(addr)])
-
-        def get_network(self):
-            return self.net
-
-    relay = "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"
-    assert libp2p_fixes._is_relayed_peer(H(relay), None)
-    assert not libp2p_fixes._is_relayed_peer(H("/ip4/192.0.2.1/tcp/4001"), None)
+        during = await _identified_after(a, b, during=ask)
+    assert before < 0.2, before
+    assert during < 0.2, during
 
 
-async def test_a_handler_looked_up_after_its_removal_resets_the_stream():
-    async with _two_hosts() as (a, _b):
-        a.set_stream_handler("/x/1", lambda s: None)
-        a.remove_stream_handler("/x/1")
-        handler = a.multiselect.handlers["/x/1"]  # stock py-libp2p: KeyError inside the host's nursery
-        assert handler is libp2p_fixes._reset_late_stream
+class _FakeConn:
+    def __init__(self, addr: str, conn_type=None):
+        self.addr, self.conn_type = addr, conn_type
+
+    def get_transport_addresses(self):
+        return [multiaddr.Multiaddr(self.addr)]
+
+    def get_connection_type(self):
+        from libp2p.connection_types import ConnectionType
+
+        return self.conn_type or ConnectionType.UNKNOWN
 
 
-def test_libp2p_logs_are_routed_rate_limited_and_shutdown_noise_demoted(caplog):
-    import logging
+class _FakeIdentifyHost:
+    """Just what defer_identify hooks into: the identify entry and the peer's connections."""
 
+    def __init__(self, *conns):
+        self.conns = list(conns)
+        self.identified: list[float] = []
+
+    def get_network(self):
+        return self
+
+    def get_connections(self, _peer_id=None):
+        return self.conns
+
+    def _schedule_identify(self, peer_id, *, reason):
+        raise AssertionError("not connected in these tests")
+
+    async def _identify_task_entry(self, peer_id, reason):
+        self.identified.append(trio.current_time())
+
+
+RELAY = "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"
+DIRECT = "/ip4/192.0.2.7/tcp/4001"
+
+
+async def _deferred_identify_takes(host) -> float:
+    libp2p_fixes.defer_identify(host, delay=0.25)
+    t = trio.current_time()
+    await host._identify_task_entry("peer", "notifee-connected")
+    assert host.identified
+    return host.identified[-1] - t
+
+
+async def test_relayed_connections_are_identified_at_once(autojump_clock):
+    from libp2p.connection_types import ConnectionType
+
+    assert await _deferred_identify_takes(_FakeIdentifyHost(_FakeConn(DIRECT))) == pytest.approx(0.25)
+    assert await _deferred_identify_takes(_FakeIdentifyHost(_FakeConn(RELAY))) == 0
+    tagged = _FakeConn(DIRECT, ConnectionType.RELAYED)  # relay v2's inbound side tags the type
+    assert await _deferred_identify_takes(_FakeIdentifyHost(tagged)) == 0
+    both = _FakeIdentifyHost(_FakeConn(DIRECT), _FakeConn(RELAY))
+    assert await _deferred_identify_takes(both) == 0
+
+
+async def test_a_connection_tagged_relayed_while_waiting_is_identified_then(autojump_clock):
+    conn = _FakeConn(DIRECT)
+    host = _FakeIdentifyHost(conn)
+
+    async def tag_later():
+        await trio.sleep(0.06)  # py-libp2p tags an inbound circuit just after announcing it
+        conn.addr = RELAY
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tag_later)
+        took = await _deferred_identify_takes(host)
+    assert 0.06 <= took <= 0.11
+
+
+async def test_identify_now_wakes_a_waiting_identify(autojump_clock):
+    host = _FakeIdentifyHost(_FakeConn(DIRECT))
+
+    async def ask_later():
+        await trio.sleep(0.1)
+        libp2p_fixes.identify_now(host, "peer")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask_later)
+        took = await _deferred_identify_takes(host)
+    assert took == pytest.approx(0.1)
+    assert not libp2p_fixes._is_relayed_peer(host, "peer")
+
+
+def test_identify_now_marks_are_bounded():
+    host = _FakeIdentifyHost()
+    libp2p_fixes.identify_now(host, "x")  # not deferred: nothing to do, nothing kept
+    libp2p_fixes.defer_identify(host)
+    for i in range(libp2p_fixes._AT_ONCE_MAX + 10):
+        libp2p_fixes.identify_now(host, i)
+    state = getattr(host, libp2p_fixes._DEFERRAL_ATTR)
+    assert len(state.at_once) == libp2p_fixes._AT_ONCE_MAX
+    assert state.take(libp2p_fixes._AT_ONCE_MAX + 9) and not state.take(0)
+
+
+# ---- handler removal race ---------------------------------------------------------------------
+
+
+def _leaves(exc):
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from _leaves(e)
+    else:
+        yield exc
+
+
+@pytest.fixture
+def remove_handler_while_echoing(monkeypatch):
+    """Remove the server's handler while Multiselect.negotiate awaits the write of its echo
+    (after ``protocol in handlers``, before ``handlers[protocol]``): the race, made certain."""
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+    armed: dict = {}
+    write = MultiselectCommunicator.write
+
+    async def racing_write(self, msg):
+        server, client_id = armed.get("server"), armed.get("client_id")
+        conn = getattr(self.read_writer, "muxed_conn", None)
+        if server is not None and msg == "/x/1" and getattr(conn, "peer_id", None) == client_id:
+            server.remove_stream_handler("/x/1")
+        return await write(self, msg)
+
+    monkeypatch.setattr(MultiselectCommunicator, "write", racing_write)
+
+    def arm(server, client):
+        armed.update(server=server, client_id=client.get_id())
+
+    return arm
+
+
+async def _echo(stream):
+    await stream.write(await stream.read(2))
+    await stream.close()
+
+
+async def test_stock_handler_table_lets_the_race_take_the_host_down(remove_handler_while_echoing):
+    with pytest.raises(BaseExceptionGroup) as err:
+        async with _two_hosts() as (a, b):
+            b.multiselect.handlers = dict(b.multiselect.handlers)  # py-libp2p's plain dict
+            b.set_stream_handler("/x/1", _echo)
+            remove_handler_while_echoing(b, a)
+            await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+            with trio.fail_after(5):
+                await a.new_stream(b.get_id(), ["/x/1"])
+                await trio.sleep(5)  # the KeyError ends the host's nursery before this ends
+    assert any(isinstance(e, KeyError) and e.args == ("/x/1",) for e in _leaves(err.value)), err.value
+
+
+async def test_a_handler_removed_during_negotiation_resets_the_stream(remove_handler_while_echoing):
+    from libp2p.host.exceptions import StreamFailure
+
+    async with _two_hosts() as (a, b):
+        b.set_stream_handler("/x/1", _echo)
+        remove_handler_while_echoing(b, a)
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+        with trio.fail_after(5), pytest.raises(StreamFailure):
+            stream = await a.new_stream(b.get_id(), ["/x/1"])
+            await stream.read(1)  # if the echo won the race with the reset
+        b.set_stream_handler("/y/1", _echo)  # b is still up and serving
+        with trio.fail_after(5):
+            stream = await a.new_stream(b.get_id(), ["/y/1"])
+            await stream.write(b"ok")
+            assert await stream.read(2) == b"ok"
+
+
+# ---- libp2p's log records -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def libp2p_logging():
+    """Restore libp2p's logger as importing libp2p leaves it (no handler, no propagation)."""
+    lg = logging.getLogger("libp2p")
+    saved = (list(lg.handlers), lg.level, lg.propagate)
+    yield lg
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    handlers, level, propagate = saved
+    for h in handlers:
+        lg.addHandler(h)
+    lg.setLevel(level)
+    lg.propagate = propagate
+
+
+def _record(msg, *args, name="libp2p.network.swarm", level=logging.WARNING):
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def test_rate_limit_filter_counts_per_template_on_an_injected_clock():
+    now = [100.0]
+    f = libp2p_fixes.RateLimitFilter(3, clock=lambda: now[0])
+    pid = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nX{}"
+    # py-libp2p formats its messages itself: the peer id and numbers differ, the template not
+    passed = [f.filter(_record(f"dial to {pid.format(c)} failed after {i} s")) for i, c in enumerate("abcdefghij")]
+    assert passed == [True] * 3 + [False] * 7
+    assert f.filter(_record("dial to %s failed", "x"))  # another template, its own quota
+    assert f.filter(_record(f"dial to {pid.format('a')} failed after 1 s", name="libp2p.other"))
+    now[0] = 159.0
+    assert not f.filter(_record(f"dial to {pid.format('b')} failed after 2 s"))
+    assert f.pop_summaries() == []  # the minute is not over
+    now[0] = 160.5
+    (summary,) = f.pop_summaries()
+    assert summary.name == "libp2p.network.swarm" and summary.levelno == logging.WARNING
+    assert summary.getMessage() == "suppressed 8 similar records in the last 60 s: dial to <peer> failed after N s"
+    assert f.filter(_record(f"dial to {pid.format('c')} failed after 3 s"))  # a new minute
+    assert f.pop_summaries() == []
+
+
+def test_rate_limit_filter_is_bounded():
+    f = libp2p_fixes.RateLimitFilter(1, clock=lambda: 0.0, max_templates=8)
+    for i in range(100):
+        f.filter(_record(f"message {'x' * i}"))
+    assert len(f._windows) <= 8
+
+
+def test_libp2p_records_go_to_our_logger_rate_limited(caplog, libp2p_logging):
     now = [0.0]
-    assert caplog.handler in logging.getLogger().handlers  # pytest's capture, like the CLI's handler
+    caplog.set_level(logging.INFO)
 
-    def seen() -> list[str]:  # pytest also hangs its handlers on "libp2p": count each record once
-        return list({id(r): r.getMessage() for r in caplog.records}.values())
+    def routed():
+        return [(r.name, r.levelname, r.getMessage()) for r in caplog.records
+                if r.name.startswith(libp2p_fixes.LIBP2P_LOGGER)]
 
-    try:
-        libp2p_fixes.route_libp2p_logs(logging.WARNING, rate_per_minute=3, clock=lambda: now[0])
-        libp2p_fixes.route_libp2p_logs(logging.WARNING, rate_per_minute=3, clock=lambda: now[0])  # idempotent
-        assert sum(isinstance(f, libp2p_fixes.RateLimitFilter) for f in caplog.handler.filters) == 1
-        lg = logging.getLogger("libp2p.network.swarm")
-        for _ in range(10):
-            lg.warning("dial to %s failed", "x")
-        lg.error("Error resetting stream: closed")  # torn down on shutdown: not a real error
-        assert seen() == ["dial to x failed"] * 3
-        now[0] = 61.0
-        lg.warning("dial to %s failed", "y")
-        assert seen()[-1] == "dial to y failed (and 7 similar in the last minute, suppressed)"
-        logging.getLogger("prozchain_discovery").warning("ours are never limited")
-        assert caplog.records[-1].name == "prozchain_discovery"
-    finally:
-        for f in list(caplog.handler.filters):
-            caplog.handler.removeFilter(f)
+    libp2p_fixes.route_libp2p_logs(logging.WARNING, rate_per_minute=3)
+    libp2p_fixes.route_libp2p_logs(logging.WARNING, rate_per_minute=3)  # idempotent
+    (router,) = [h for h in libp2p_logging.handlers if isinstance(h, libp2p_fixes.Libp2pLogRouter)]
+    assert libp2p_logging.propagate is False  # nothing printed twice through the root logger
+    router.limiter.clock = lambda: now[0]
+
+    swarm = logging.getLogger("libp2p.network.swarm")
+    for i in range(10):
+        swarm.warning("dial to %s failed", f"peer{i}")
+    logging.getLogger("libp2p.network.auto_connector").info("Auto-connect cycle")  # pinned to INFO
+    logging.getLogger("libp2p.protocol_muxer.multiselect_client").error(
+        "MultiselectClient handshake: read failed: %s", "fail to read from multiselect communicator")
+    name = "prozchain_discovery.libp2p.network.swarm"
+    assert routed() == [(name, "WARNING", f"dial to peer{i} failed") for i in range(3)]
+
+    now[0] = 61.0
+    swarm.warning("dial to %s failed", "peer10")
+    assert routed()[3:] == [
+        (name, "WARNING", "suppressed 7 similar records in the last 60 s: dial to %s failed"),
+        (name, "WARNING", "dial to peer10 failed"),
+    ]
+    logging.getLogger("prozchain_discovery.pex").warning("ours are never limited")
+    assert caplog.records[-1].name == "prozchain_discovery.pex"
 
 
-from contextlib import asynccontextmanager  # noqa: E402
+def test_shutdown_noise_is_demoted_to_debug(caplog, libp2p_logging):
+    caplog.set_level(logging.DEBUG, logger="prozchain_discovery")
+    libp2p_fixes.route_libp2p_logs(logging.WARNING)
+    noise = [
+        ("libp2p.host.basic_host", "Failed to open stream to peer 12D3KooWQ:\n  Error: protocol read failed: "
+         "fail to read from multiselect communicator, protocol=/x/1\n  Protocols: ['/x/1']"),
+        ("libp2p.host.basic_host", "Failed to open stream to peer 12D3KooWQ:\n  Error: handshake write failed: x"),
+        ("libp2p.protocol_muxer.multiselect_client", "MultiselectClient handshake: write failed: x"),
+        ("libp2p.stream_muxer.yamux.yamux", "Error in handle_incoming for peer 12D3KooWQ: ClosedResourceError: "),
+        ("libp2p.network.swarm", "[ADDCONN_FAIL] add_conn failed for peer 12D3KooWQ: Cancelled(source='explicit')"),
+    ]
+    real = [
+        ("libp2p.host.basic_host", "Failed to open stream to peer 12D3KooWQ:\n  Error: protocols not supported"),
+        ("libp2p.transport.tcp.tcp", "Failed to open TCP stream: [Errno 111] Connection refused"),
+        ("libp2p.network.swarm", "[ADDCONN_FAIL] add_conn failed for peer 12D3KooWQ: KeyError('x')"),
+    ]
+    for name, msg in noise + real:
+        logging.getLogger(name).error(msg)
+    levels = [r.levelname for r in caplog.records if r.name.startswith("prozchain_discovery.libp2p")]
+    assert levels == ["DEBUG"] * len(noise) + ["ERROR"] * len(real)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def root_records():
+    """What reaches a handler on the root logger (an application's console or file handler).
+
+    Not caplog: pytest also hangs its capture handler on every non-propagating logger, which
+    would show libp2p's records even where an application never sees them."""
+    collect = _Collect()
+    root = logging.getLogger()
+    root.addHandler(collect)
+    yield collect.records
+    root.removeHandler(collect)
+
+
+async def test_real_libp2p_errors_reach_the_application_and_torn_down_streams_do_not(
+    libp2p_logging, root_records, caplog
+):
+    from libp2p.host.exceptions import StreamFailure
+
+    from tests.netutil import closed_port
+
+    caplog.set_level(logging.INFO)  # the application logs at INFO
+
+    def routed(level=logging.DEBUG):
+        return [r for r in root_records if r.levelno >= level]
+
+    async def reset_at_once(stream):
+        await stream.reset()
+
+    def dead() -> PeerInfo:  # a new peer id each time: the swarm backs off a failed peer
+        return PeerInfo(make_host().get_id(), [multiaddr.Multiaddr(closed_port())])
+
+    async with _two_hosts() as (a, b):
+        b.set_stream_handler("/x/1", reset_at_once)
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+        with pytest.raises(Exception):
+            await a.connect(dead())
+        assert [r.name for r in caplog.records] == ["libp2p.transport.tcp.tcp"]  # logged...
+        assert not routed()  # ...but bug 16: it reached no handler of the application's
+
+        libp2p_fixes.route_libp2p_logs(logging.WARNING)
+        with pytest.raises(Exception):
+            await a.connect(dead())
+        (err,) = routed()
+        assert err.name == "prozchain_discovery.libp2p.transport.tcp.tcp"
+        assert err.levelno == logging.ERROR and "Failed to open TCP stream" in err.getMessage()
+
+        with pytest.raises(StreamFailure):  # py-libp2p logs this torn-down stream at ERROR
+            await a.new_stream(b.get_id(), ["/x/1"])
+        assert len(routed()) == 1  # demoted to DEBUG: not seen at INFO
+
+        caplog.set_level(logging.DEBUG, logger="prozchain_discovery.libp2p")
+        with pytest.raises(StreamFailure):
+            await a.new_stream(b.get_id(), ["/x/1"])
+        debug = [r for r in routed() if r.levelno == logging.DEBUG]
+        assert debug and all(r.getMessage().startswith("Failed to open stream") for r in debug)
+        assert debug[0].name == "prozchain_discovery.libp2p.host.basic_host"
 
 
 @asynccontextmanager
 async def _two_hosts():
-    loop = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    a, b = make_host(listen_addrs=loop), make_host(listen_addrs=loop)
-    async with libp2p_fixes.run_host(a, loop), libp2p_fixes.run_host(b, loop):
+    a, b = make_host(listen_addrs=LOOP), make_host(listen_addrs=LOOP)
+    async with libp2p_fixes.run_host(a, LOOP), libp2p_fixes.run_host(b, LOOP):
         yield a, b
