@@ -494,6 +494,11 @@ def libp2p_logging():
     """Restore libp2p's logger as importing libp2p leaves it (no handler, no propagation)."""
     lg = logging.getLogger("libp2p")
     saved = (list(lg.handlers), lg.level, lg.propagate)
+    # Another test (or the CLI run in-process) may have routed libp2p's logs already: start
+    # from the state importing libp2p leaves, whatever ran before.
+    for h in [h for h in lg.handlers if isinstance(h, libp2p_fixes.Libp2pLogRouter)]:
+        lg.removeHandler(h)
+    lg.propagate = False
     yield lg
     for h in list(lg.handlers):
         lg.removeHandler(h)
