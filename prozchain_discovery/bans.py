@@ -18,7 +18,8 @@ Rules:
   long. A history past that point counts as forgotten even if :meth:`on_timer` has not run yet.
 * **Memory.** At most ``max_entries`` peer entries and as many IP entries (an IP keeps only its
   ``ip_threshold`` most recent ids); when a table is full, the entry that would be forgotten
-  first goes. Timer rows are compacted, so memory stays flat under any sequence of calls.
+  first goes. Both tables are :class:`~.expiring.ExpiringMap`, whose timer rows are
+  compacted, so memory stays flat under any sequence of calls.
 
 Time is a float the owner passes in (``trio.current_time()``), never read here, and must not
 go backwards. A ban ends by itself (``is_banned`` compares ``now`` with its end); the timer is
@@ -30,11 +31,11 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
+
+from .expiring import ExpiringMap
 
 __all__ = ["BanList"]
-
-K = TypeVar("K", bytes, str)
 
 
 @dataclass(slots=True)
@@ -56,41 +57,6 @@ class _Ip:
     forget_at: float = float("-inf")
 
 
-class _Table(Generic[K]):
-    """A dict with a forget time per entry, its timer heap, and eviction of the soonest."""
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self.items: dict[K, Any] = {}
-        self.heap: list[tuple[float, K]] = []  # (forget_at, key); rows no longer matching are stale
-        self.evicted = 0
-
-    def schedule(self, key: K, forget_at: float) -> None:
-        heapq.heappush(self.heap, (forget_at, key))
-        if len(self.heap) > 2 * len(self.items) + 64:  # stale rows from re-bans: rebuild
-            self.heap = [(e.forget_at, k) for k, e in self.items.items()]
-            heapq.heapify(self.heap)
-
-    def head(self) -> float | None:
-        heap, items = self.heap, self.items
-        while heap:
-            at, key = heap[0]
-            entry = items.get(key)
-            if entry is not None and entry.forget_at == at:
-                return at
-            heapq.heappop(heap)
-        return None
-
-    def expire(self, now: float) -> None:
-        while (at := self.head()) is not None and at <= now:
-            del self.items[heapq.heappop(self.heap)[1]]
-
-    def make_room(self) -> None:
-        while len(self.items) >= self.max_entries and self.head() is not None:
-            del self.items[heapq.heappop(self.heap)[1]]
-            self.evicted += 1
-
-
 class BanList:
     def __init__(
         self,
@@ -110,14 +76,15 @@ class BanList:
         self.ip_threshold = ip_threshold
         self.ip_window = ip_window
         self.quiet_factor = quiet_factor
-        self._peers: _Table[bytes] = _Table(max_entries)
-        self._ips: _Table[str] = _Table(max_entries)
+        # Each entry is kept until its forget_at (the map's deadline); the soonest goes when full.
+        self._peers: ExpiringMap[bytes, _Peer] = ExpiringMap(0.0, max_entries)
+        self._ips: ExpiringMap[str, _Ip] = ExpiringMap(0.0, max_entries)
         self.bans = 0
         self.ip_bans = 0
 
     def __len__(self) -> int:
         """Peer ids remembered (banned now, or with an offence history)."""
-        return len(self._peers.items)
+        return len(self._peers)
 
     def _duration(self, offences: int) -> float:
         return min(self.cap, self.base * 2.0 ** min(offences - 1, 64))
@@ -125,34 +92,29 @@ class BanList:
     def ban(self, peer: bytes, ip: str | None, now: float, reason: str) -> float:
         """Ban ``peer`` (and, past the threshold, ``ip``); returns the peer's ban in seconds."""
         self.bans += 1
-        peers = self._peers.items
-        known: _Peer | None = peers.get(peer)
+        known = self._peers.get(peer)
         if known is not None and known.forget_at <= now:  # quiet long enough: a first offence
-            del peers[peer]
+            self._peers.pop(peer)
             known = None
         if known is None:
-            self._peers.make_room()
             offences = 1
         else:
             offences = known.offences + 1
             ip = ip or known.ip
         duration = self._duration(offences)
         entry = _Peer(offences, now, now + duration, now + self.quiet_factor * duration, ip, reason)
-        peers[peer] = entry
-        self._peers.schedule(peer, entry.forget_at)
+        self._peers.put_until(peer, entry, entry.forget_at)
         if ip is not None:
             self._ip_offence(ip, peer, now)
         return duration
 
     def _ip_offence(self, ip: str, peer: bytes, now: float) -> None:
-        ips = self._ips.items
-        entry: _Ip | None = ips.get(ip)
+        entry = self._ips.get(ip)
         if entry is not None and entry.forget_at <= now:
-            del ips[ip]
+            self._ips.pop(ip)
             entry = None
         if entry is None:
-            self._ips.make_room()
-            entry = ips[ip] = _Ip({})
+            entry = _Ip({})
         ids = entry.ids
         ids.pop(peer, None)
         ids[peer] = now  # most recent last
@@ -166,36 +128,36 @@ class BanList:
             entry.until = max(entry.until, now + duration)
             forget_at = max(forget_at, now + self.quiet_factor * duration)
             self.ip_bans += 1
-        if forget_at > entry.forget_at:
+        if forget_at > entry.forget_at:  # a new entry's is -inf: always scheduled
             entry.forget_at = forget_at
-            self._ips.schedule(ip, forget_at)
+            self._ips.put_until(ip, entry, forget_at)
 
     def is_banned(self, peer: bytes, ip: str | None, now: float) -> bool:
         """O(1): whether ``peer``, or ``ip``, is banned at ``now``."""
-        entry = self._peers.items.get(peer)
+        entry = self._peers.get(peer)
         if entry is not None and now < entry.until:
             return True
         if ip is None:
             return False
-        banned = self._ips.items.get(ip)
+        banned = self._ips.get(ip)
         return banned is not None and now < banned.until
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` next has something to forget (``None``: nothing remembered)."""
-        a, b = self._peers.head(), self._ips.head()
+        a, b = self._peers.next_deadline(), self._ips.next_deadline()
         if a is None:
             return b
         return a if b is None else min(a, b)
 
     def on_timer(self, now: float) -> None:
         """Forget the histories whose quiet period ended by ``now``."""
-        self._peers.expire(now)
-        self._ips.expire(now)
+        self._peers.on_timer(now)
+        self._ips.on_timer(now)
 
     def snapshot(self, now: float, limit: int = 20) -> dict[str, Any]:
         """Counts, and the ``limit`` most recent bans still running (peers and IPs)."""
-        peers = [(e.since, p, e) for p, e in self._peers.items.items() if now < e.until]
-        ips = [(e.since, ip, e) for ip, e in self._ips.items.items() if now < e.until]
+        peers = [(e.since, p, e) for p, e in self._peers.items() if now < e.until]
+        ips = [(e.since, ip, e) for ip, e in self._ips.items() if now < e.until]
         recent: list[tuple[float, dict[str, Any]]] = [
             (since, {"peer": p.hex()[:16], "for": round(e.until - now, 1), "offences": e.offences,
                      "reason": e.reason})
@@ -209,9 +171,9 @@ class BanList:
         return {
             "banned_peers": len(peers),
             "banned_ips": len(ips),
-            "remembered": len(self._peers.items),
-            "remembered_ips": len(self._ips.items),
-            "timer_rows": len(self._peers.heap) + len(self._ips.heap),
+            "remembered": len(self._peers),
+            "remembered_ips": len(self._ips),
+            "timer_rows": self._peers.timer_rows + self._ips.timer_rows,
             "bans": self.bans,
             "ip_bans": self.ip_bans,
             "evicted": self._peers.evicted + self._ips.evicted,

@@ -46,16 +46,24 @@ class ExpiringMap(Generic[K, V]):
         return ((k, v) for k, (_, v) in self._items.items())
 
     def put(self, key: K, value: V, now: float, ttl: float | None = None) -> None:
-        """Set ``key`` (replacing its value and deadline)."""
-        deadline = now + (self.ttl if ttl is None else ttl)
+        """Set ``key`` (replacing its value and deadline) until ``now + ttl``."""
+        self.put_until(key, value, now + (self.ttl if ttl is None else ttl))
+
+    def put_until(self, key: K, value: V, deadline: float) -> None:
+        """Set ``key`` until the absolute time ``deadline``."""
         if key not in self._items and len(self._items) >= self.max_entries:
             self._evict_one()
         self._items[key] = (deadline, value)
         self._tick += 1
         heapq.heappush(self._heap, (deadline, self._tick, key))
-        if len(self._heap) > 4 * self.max_entries:  # re-puts leave stale heap rows behind
+        if len(self._heap) > 2 * len(self._items) + 64:  # re-puts leave stale heap rows behind
             self._heap = [(d, i, k) for i, (k, (d, _)) in enumerate(self._items.items())]
             heapq.heapify(self._heap)
+
+    @property
+    def timer_rows(self) -> int:
+        """Rows in the timer heap, stale ones included (at most 2 x entries + 64)."""
+        return len(self._heap)
 
     def pop(self, key: K, default: V | None = None) -> V | None:
         item = self._items.pop(key, None)
