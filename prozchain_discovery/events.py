@@ -10,8 +10,8 @@ which is the same guarantee without the channel).
 
 The events follow go-libp2p's names where one exists: ``EvtPeerConnectednessChanged`` →
 :class:`PeerConnected` / :class:`PeerDisconnected`, ``EvtLocalAddressesUpdated`` →
-:class:`LocalAddressesChanged`, ``EvtLocalReachabilityChanged`` → :class:`ReachabilityChanged`
-(published by the NAT component of docs/architecture.md once it exists).
+:class:`LocalAddressesChanged`, ``EvtLocalReachabilityChanged`` → :class:`NatStatusChanged`
+(its ``reachability``, published by the NAT component, nat/service.py).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ __all__ = [
     "ObservedAddress",
     "ListenAddressesChanged",
     "LocalAddressesChanged",
-    "ReachabilityChanged",
     "NatStatusChanged",
     "WrongNetwork",
     "Misbehaved",
@@ -102,13 +101,6 @@ class LocalAddressesChanged:
     """The addresses we advertise changed; our signed record now carries ``addrs``."""
 
     addrs: tuple[Multiaddr, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ReachabilityChanged:
-    """Whether others can dial us directly ("public", "private", "unknown")."""
-
-    reachability: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,9 @@ from typing import Any
 import trio
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
+from multiaddr import Multiaddr
 
+from .addrs import ip_of
 from .bans import BanList
 from .events import EventBus, Misbehaved, PeerConnected, Wakeup
 from .expiring import ExpiringMap
@@ -53,9 +55,7 @@ class InboundGuard:
     def _on_connected(self, ev: PeerConnected) -> None:
         if ev.outbound:
             return
-        ip = None
-        if ev.addr is not None:
-            ip = ev.addr.value_for_protocol(ev.addr.protocols()[0].code)
+        ip = _ip_text(ev.addr)
         if self.bans.is_banned(ev.peer_id.to_bytes(), ip, trio.current_time()):
             self._drop(ev.peer_id)
 
@@ -87,10 +87,7 @@ class InboundGuard:
     def refuses(self, stream: INetStream) -> bool:
         """True if the stream's peer (or its IP) is banned: reset it without reading."""
         pid = stream.muxed_conn.peer_id.to_bytes()
-        observed = observed_multiaddr(stream)
-        ip = None
-        if observed is not None:
-            ip = observed.value_for_protocol(observed.protocols()[0].code)
+        ip = _ip_text(observed_multiaddr(stream))
         now = trio.current_time()
         if ip is not None:
             self._ips.put(pid, ip, now)
@@ -102,3 +99,8 @@ class InboundGuard:
 
     def status(self) -> dict[str, Any]:
         return {"bans": self.bans.snapshot(trio.current_time())}
+
+
+def _ip_text(addr: Multiaddr | None) -> str | None:
+    ip = ip_of(addr) if addr is not None else None
+    return None if ip is None else str(ip)

@@ -94,7 +94,8 @@ class Dialer:
         self.backoff.keep_trying(peer_id.to_bytes())
 
     def in_backoff(self, peer_id: ID) -> bool:
-        return not self.backoff.allowed(peer_id.to_bytes(), self.now()) or self.book.is_wrong_network(peer_id)
+        """Whether the backoff forbids dialing ``peer_id`` now (the book skips wrong networks)."""
+        return not self.backoff.allowed(peer_id.to_bytes(), self.now())
 
     def retry_in(self, peer_id: ID) -> float:
         return self.backoff.wait_time(peer_id.to_bytes(), self.now())
@@ -184,7 +185,6 @@ class Dialer:
         pending = iter(targets)
         nxt = next(pending, None)
         race = DialRace(self.config.max_parallel_dials, until, self.hedge.delay)
-        hedges_before = race.hedges
         connected = 0
         wake = trio.Event()
         count = self.connections.__len__
@@ -215,8 +215,8 @@ class Dialer:
                 await wake.wait()
             if race.reached(count()):
                 nursery.cancel_scope.cancel()
-        if race.hedges > hedges_before:
-            self.metrics.inc("dial_hedges", race.hedges - hedges_before)
+        if race.hedges:
+            self.metrics.inc("dial_hedges", race.hedges)
         return connected
 
     async def disconnect(self, peer_id: ID) -> None:

@@ -222,8 +222,7 @@ class PortMapper:
                     self.on_change(list(self.mappings.values()))
                 now = trio.current_time()
                 renewals = [m.granted_at + max(m.lifetime, 60) / 2 for m in self.mappings.values() if m.lifetime]
-                wake = min([*renewals, now + retry]) if renewals or not self.mappings else now + retry
-                await trio.sleep_until(wake)
+                await trio.sleep_until(min([*renewals, now + retry]))
                 for port, m in list(self.mappings.items()):
                     if m.lifetime and trio.current_time() >= m.granted_at + m.lifetime / 2:
                         del self.mappings[port]  # map_once renews it

@@ -181,6 +181,3 @@ class PexService:
             min_peer_age=self.cfg.min_peer_age,
         )
         return [e.envelope for e in entries if e.envelope]
-
-    def status(self) -> dict[str, Any]:
-        return {}
