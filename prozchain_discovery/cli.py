@@ -248,7 +248,7 @@ def _apply_flags(cfg: DiscoveryConfig, args: argparse.Namespace) -> DiscoveryCon
 
 
 def _setup_logging(level: str) -> None:
-    from .libp2p_fixes import route_libp2p_logs
+    from .libp2p_logs import route_libp2p_logs
 
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),

@@ -28,11 +28,8 @@ stock configuration and its absence with ours.
 * Zombie listener (found here): after ``async with host.run(...)`` exits, the TCP listener
   still accepts connections (the host is "stopped" but dialable; every accepted connection
   then fails with ``LifecycleError``). :func:`run_host` closes the listeners on exit.
-* Bug 16 — libp2p's logger has ``propagate=False`` and no handler, so its errors reach no
-  handler of the application's: :func:`route_libp2p_logs` (called by the CLI, not at import)
-  hands them to the ``prozchain_discovery.libp2p`` logger, at most N per message template a
-  minute (then a "suppressed K similar" line), with :data:`SHUTDOWN_NOISE` — the ERROR py-libp2p
-  logs for every stream torn down under it — demoted to DEBUG.
+* Bug 16 — libp2p's logger has ``propagate=False`` and no handler: its own module,
+  libp2p_logs.py (``route_libp2p_logs``), routes those records into ours, rate-limited.
 
 Every patch checks that what it replaces exists and fails loudly (:class:`Libp2pPatchError`) at
 ``make_host`` if a py-libp2p upgrade moved it, instead of silently patching nothing.
@@ -40,12 +37,8 @@ Every patch checks that what it replaces exists and fails loudly (:class:`Libp2p
 
 from __future__ import annotations
 
-import copy
 import inspect
 import ipaddress
-import logging
-import re
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -64,12 +57,6 @@ __all__ = [
     "no_swarm_retries",
     "defer_identify",
     "expand_wildcard_addrs",
-    "route_libp2p_logs",
-    "Libp2pLogRouter",
-    "RateLimitFilter",
-    "LIBP2P_LOGGER",
-    "SHUTDOWN_NOISE",
-    "is_shutdown_noise",
     "local_interface_ips",
     "tolerate_handler_removal",
     "run_host",
@@ -443,189 +430,6 @@ def expand_wildcard_addrs(
         return out
 
     return factory
-
-
-# ---- libp2p's log records (bug 16) --------------------------------------------------------
-
-LIBP2P_LOGGER = "prozchain_discovery.libp2p"
-
-# What py-libp2p 0.8.1 logs at WARNING/ERROR for every stream or connection torn down under it
-# (a peer or our own host shutting down, a connection closed mid-negotiation): (logger name
-# prefix, regular expression matched at the start of the formatted message). The caller of the
-# failed operation gets an exception and handles it; these records only repeat it, one per
-# stream. Measured by running tests/test_pex_network.py and tests/test_cascade.py.
-SHUTDOWN_NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
-    # BasicHost.new_stream, a stream reset or closed while protocols were being negotiated
-    ("libp2p.host.basic_host",
-     re.compile(r"Failed to open stream to peer \S+:\s+Error: (handshake|protocol) (read|write) failed")),
-    # MultiselectClient.handshake, the same streams one layer down
-    ("libp2p.protocol_muxer.multiselect_client",
-     re.compile(r"MultiselectClient handshake: (read|write) failed")),
-    # Yamux.handle_incoming when the connection under it is closed
-    ("libp2p.stream_muxer.yamux",
-     re.compile(r"Error in handle_incoming for peer \S+: (ClosedResourceError|ConnectionClosedError|BrokenResourceError)")),
-    # Swarm.add_conn cancelled because the host is stopping
-    ("libp2p.network.swarm", re.compile(r"\[ADDCONN_FAIL\] add_conn failed for peer \S+: Cancelled\(")),
-)
-
-_PEER_ID = re.compile(r"\b(?:12D3KooW|16Uiu2|Qm)[1-9A-HJ-NP-Za-km-z]{20,}")
-_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
-
-
-def is_shutdown_noise(record: logging.LogRecord) -> bool:
-    """Whether ``record`` is one of :data:`SHUTDOWN_NOISE`."""
-    if record.levelno < logging.WARNING:
-        return False
-    message: str | None = None
-    for prefix, pattern in SHUTDOWN_NOISE:
-        if record.name.startswith(prefix):
-            if message is None:
-                message = record.getMessage()
-            if pattern.match(message):
-                return True
-    return False
-
-
-def message_template(record: logging.LogRecord) -> str:
-    """What counts as "the same message" for rate limiting.
-
-    ``record.msg`` when the record has arguments; otherwise (py-libp2p formats most messages
-    itself, with f-strings) the message with peer ids and numbers blanked out.
-    """
-    if record.args:
-        return str(record.msg)[:300]
-    return _NUMBER.sub("N", _PEER_ID.sub("<peer>", str(record.msg)))[:300]
-
-
-class RateLimitFilter(logging.Filter):
-    """At most ``rate_per_minute`` records per logger and message template in each window.
-
-    A template's window starts at its first record and lasts ``window`` seconds (clock:
-    ``clock``, :func:`time.monotonic` unless a test injects one). Records over the limit are
-    dropped and counted; when the window is over, :meth:`pop_summaries` returns one
-    "suppressed N similar" record for it (looked for at the template's next record, and among
-    all templates at most once per second of the clock).
-    """
-
-    def __init__(
-        self, rate_per_minute: int = 10, *, clock: Callable[[], float] = time.monotonic,
-        window: float = 60.0, max_templates: int = 512,
-    ) -> None:
-        super().__init__()
-        if rate_per_minute < 1:
-            raise ValueError("rate_per_minute must be at least 1")
-        self.rate = rate_per_minute
-        self.clock = clock
-        self.window = window
-        self.max_templates = max_templates
-        # (logger name, template) -> [window start, records seen, records dropped, level]
-        self._windows: dict[tuple[str, str], list[Any]] = {}
-        self._summaries: list[logging.LogRecord] = []
-        self._last_sweep = float("-inf")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = self.clock()
-        key = (record.name, message_template(record))
-        window = self._windows.get(key)
-        if window is not None and now - window[0] >= self.window:
-            self._close(key, window)
-            window = None
-        if window is None:
-            if len(self._windows) >= self.max_templates:
-                self._sweep(now, force=True)
-            window = self._windows[key] = [now, 0, 0, record.levelno]
-        window[1] += 1
-        window[3] = max(window[3], record.levelno)
-        if window[1] <= self.rate:
-            return True
-        window[2] += 1
-        return False
-
-    def pop_summaries(self) -> list[logging.LogRecord]:
-        """The "suppressed N similar" records of windows that are over."""
-        self._sweep(self.clock())
-        out, self._summaries = self._summaries, []
-        return out
-
-    def _sweep(self, now: float, force: bool = False) -> None:
-        if not force and now - self._last_sweep < 1.0:
-            return
-        self._last_sweep = now
-        for key, window in list(self._windows.items()):
-            if now - window[0] >= self.window:
-                self._close(key, window)
-        while len(self._windows) >= self.max_templates:  # a flood of distinct messages
-            key = next(iter(self._windows))
-            self._close(key, self._windows[key])
-
-    def _close(self, key: tuple[str, str], window: list[Any]) -> None:
-        del self._windows[key]
-        if window[2]:
-            name, template = key
-            self._summaries.append(logging.LogRecord(
-                name, window[3], __file__, 0,
-                "suppressed %d similar records in the last %d s: %s",
-                (window[2], round(self.window), template.splitlines()[0] if template else ""),
-                None,
-            ))
-
-
-class Libp2pLogRouter(logging.Handler):
-    """A handler on the ``libp2p`` logger: its records go to :data:`LIBP2P_LOGGER`.
-
-    A record ``libp2p.X`` is handled by the logger ``prozchain_discovery.libp2p.X`` (so the
-    application's configuration of ``prozchain_discovery`` decides where it goes), after
-    :func:`is_shutdown_noise` records are demoted to DEBUG and WARNING+ records pass
-    :attr:`limiter` (a :class:`RateLimitFilter`).
-    """
-
-    def __init__(self, level: int = logging.WARNING, rate_per_minute: int = 10) -> None:
-        super().__init__(level)
-        self.limiter = RateLimitFilter(rate_per_minute)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        rec = copy.copy(record)  # other handlers on libp2p's loggers see the original
-        if is_shutdown_noise(rec):
-            rec.levelno, rec.levelname = logging.DEBUG, "DEBUG"
-        target = _target_logger(rec.name)
-        if not target.isEnabledFor(rec.levelno):
-            return  # before the limiter: a record nobody sees uses no quota
-        for summary in self.limiter.pop_summaries():
-            _forward(summary)
-        if record.levelno >= logging.WARNING and not self.limiter.filter(rec):
-            return
-        _forward(rec)
-
-
-def _target_logger(libp2p_name: str) -> logging.Logger:
-    """``libp2p.network.swarm`` -> the logger ``prozchain_discovery.libp2p.network.swarm``."""
-    if libp2p_name == "libp2p" or libp2p_name.startswith("libp2p."):
-        return logging.getLogger(LIBP2P_LOGGER + libp2p_name[len("libp2p"):])
-    return logging.getLogger(LIBP2P_LOGGER)
-
-
-def _forward(rec: logging.LogRecord) -> None:
-    logger = _target_logger(rec.name)
-    if logger.isEnabledFor(rec.levelno):
-        rec.name = logger.name
-        logger.handle(rec)
-
-
-def route_libp2p_logs(level: int = logging.WARNING, *, rate_per_minute: int = 10) -> None:
-    """Bug 16: libp2p's records at ``level`` and above go to :data:`LIBP2P_LOGGER`.
-
-    WARNING and above are rate-limited (``rate_per_minute`` per message template, then a
-    "suppressed N similar" summary); :data:`SHUTDOWN_NOISE` is demoted to DEBUG. Idempotent:
-    a second call replaces the :class:`Libp2pLogRouter` of the first. libp2p's logger keeps
-    ``propagate=False``, so nothing is printed twice.
-    """
-    lg = logging.getLogger("libp2p")
-    for old in [h for h in lg.handlers if isinstance(h, Libp2pLogRouter)]:
-        lg.removeHandler(old)
-        old.close()
-    lg.addHandler(Libp2pLogRouter(level, rate_per_minute))
-    lg.setLevel(level)
-    lg.propagate = False
 
 
 async def close_listeners(host: Any) -> None:

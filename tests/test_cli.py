@@ -220,10 +220,10 @@ def test_log_level_is_case_insensitive():
 
 @pytest.mark.parametrize("level, libp2p_level", [("INFO", logging.WARNING), ("DEBUG", logging.DEBUG)])
 def test_libp2p_warnings_are_routed_not_hidden(monkeypatch, level, libp2p_level):
-    from prozchain_discovery import cli, libp2p_fixes
+    from prozchain_discovery import cli, libp2p_logs
 
     seen: list[int] = []
-    monkeypatch.setattr(libp2p_fixes, "route_libp2p_logs", lambda lvl, *a, **kw: seen.append(lvl))
+    monkeypatch.setattr(libp2p_logs, "route_libp2p_logs", lambda lvl, *a, **kw: seen.append(lvl))
     cli._setup_logging(level)
     assert seen == [libp2p_level]
 

@@ -16,7 +16,7 @@ import trio
 from libp2p import new_host
 from libp2p.peer.peerinfo import PeerInfo
 
-from prozchain_discovery import libp2p_fixes
+from prozchain_discovery import libp2p_fixes, libp2p_logs
 from prozchain_discovery.addrs import AddrScope, scope_of, strip_p2p
 from prozchain_discovery.host import make_host
 
@@ -496,7 +496,7 @@ def libp2p_logging():
     saved = (list(lg.handlers), lg.level, lg.propagate)
     # Another test (or the CLI run in-process) may have routed libp2p's logs already: start
     # from the state importing libp2p leaves, whatever ran before.
-    for h in [h for h in lg.handlers if isinstance(h, libp2p_fixes.Libp2pLogRouter)]:
+    for h in [h for h in lg.handlers if isinstance(h, libp2p_logs.Libp2pLogRouter)]:
         lg.removeHandler(h)
     lg.propagate = False
     yield lg
@@ -515,7 +515,7 @@ def _record(msg, *args, name="libp2p.network.swarm", level=logging.WARNING):
 
 def test_rate_limit_filter_counts_per_template_on_an_injected_clock():
     now = [100.0]
-    f = libp2p_fixes.RateLimitFilter(3, clock=lambda: now[0])
+    f = libp2p_logs.RateLimitFilter(3, clock=lambda: now[0])
     pid = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nX{}"
     # py-libp2p formats its messages itself: the peer id and numbers differ, the template not
     passed = [f.filter(_record(f"dial to {pid.format(c)} failed after {i} s")) for i, c in enumerate("abcdefghij")]
@@ -534,7 +534,7 @@ def test_rate_limit_filter_counts_per_template_on_an_injected_clock():
 
 
 def test_rate_limit_filter_is_bounded():
-    f = libp2p_fixes.RateLimitFilter(1, clock=lambda: 0.0, max_templates=8)
+    f = libp2p_logs.RateLimitFilter(1, clock=lambda: 0.0, max_templates=8)
     for i in range(100):
         f.filter(_record(f"message {'x' * i}"))
     assert len(f._windows) <= 8
@@ -546,11 +546,11 @@ def test_libp2p_records_go_to_our_logger_rate_limited(caplog, libp2p_logging):
 
     def routed():
         return [(r.name, r.levelname, r.getMessage()) for r in caplog.records
-                if r.name.startswith(libp2p_fixes.LIBP2P_LOGGER)]
+                if r.name.startswith(libp2p_logs.LIBP2P_LOGGER)]
 
-    libp2p_fixes.route_libp2p_logs(logging.WARNING, rate_per_minute=3)
-    libp2p_fixes.route_libp2p_logs(logging.WARNING, rate_per_minute=3)  # idempotent
-    (router,) = [h for h in libp2p_logging.handlers if isinstance(h, libp2p_fixes.Libp2pLogRouter)]
+    libp2p_logs.route_libp2p_logs(logging.WARNING, rate_per_minute=3)
+    libp2p_logs.route_libp2p_logs(logging.WARNING, rate_per_minute=3)  # idempotent
+    (router,) = [h for h in libp2p_logging.handlers if isinstance(h, libp2p_logs.Libp2pLogRouter)]
     assert libp2p_logging.propagate is False  # nothing printed twice through the root logger
     router.limiter.clock = lambda: now[0]
 
@@ -575,7 +575,7 @@ def test_libp2p_records_go_to_our_logger_rate_limited(caplog, libp2p_logging):
 
 def test_shutdown_noise_is_demoted_to_debug(caplog, libp2p_logging):
     caplog.set_level(logging.DEBUG, logger="prozchain_discovery")
-    libp2p_fixes.route_libp2p_logs(logging.WARNING)
+    libp2p_logs.route_libp2p_logs(logging.WARNING)
     noise = [
         ("libp2p.host.basic_host", "Failed to open stream to peer 12D3KooWQ:\n  Error: protocol read failed: "
          "fail to read from multiselect communicator, protocol=/x/1\n  Protocols: ['/x/1']"),
@@ -643,7 +643,7 @@ async def test_real_libp2p_errors_reach_the_application_and_torn_down_streams_do
         assert [r.name for r in caplog.records] == ["libp2p.transport.tcp.tcp"]  # logged...
         assert not routed()  # ...but bug 16: it reached no handler of the application's
 
-        libp2p_fixes.route_libp2p_logs(logging.WARNING)
+        libp2p_logs.route_libp2p_logs(logging.WARNING)
         with pytest.raises(Exception):
             await a.connect(dead())
         (err,) = routed()
