@@ -178,3 +178,38 @@ def test_a_node_on_a_public_host_serves_stun_and_classifies_a_cone_client_as_cot
         assert (ours["mapping"], ours["filtering"]) == (coturn["mapping"], coturn["filtering"])
     finally:
         _stop(node)
+
+
+def test_observed_addresses_cross_check_stun_behind_cone_and_symmetric_nat(natlab, tmp_path):  # noqa: F811
+    """Two public bootstrap nodes (different /16s) report where they see each client; the NAT
+    component compares that with the socket's port and with STUN's verdict: behind the cone
+    router (MASQUERADE keeps ports) port-preserving, behind the symmetric one (--random-fully)
+    port-translating, and both agree with STUN."""
+    lab = natlab
+    boots = []
+    procs = []
+    try:
+        for name in ("pub2", "pub3"):
+            proc, data = _start(lab, name, tmp_path, 'network_id = "lab"\nlisten = ["/ip4/0.0.0.0/tcp/4001"]\n'
+                                '[bootstrap]\nmin_peers_for_startup = 1\n')
+            procs.append(proc)
+            _wait(lambda d=data: _status(d).get("peer_id"), 20, f"{name} to start")
+            boots.append(f'"/ip4/{lab.hosts[name].ip}/tcp/4001/p2p/{_status(data)["peer_id"]}"')
+        expected = {"cone1": "port_preserving", "sym1": "port_translating"}
+        datas = {}
+        for name in expected:
+            proc, datas[name] = _start(
+                lab, name, tmp_path,
+                'network_id = "lab"\nlisten = ["/ip4/0.0.0.0/tcp/4001"]\n'
+                f'[bootstrap]\nmin_peers_for_startup = 2\nbootstrap_nodes = [{", ".join(boots)}]\n'
+                f'[nat]\nstun_servers = ["{lab.stun_ips[0]}:3478"]\n')
+            procs.append(proc)
+        for name, verdict in expected.items():
+            nat = lambda n=name: _status(datas[n]).get("nat", {})  # noqa: E731
+            _wait(lambda n=nat: n().get("stun_vs_observed", "unknown") != "unknown", 30, f"{name}'s cross-check")
+            assert nat()["observed_mapping"]["verdict"] == verdict, nat()
+            assert nat()["observed_mapping"]["external_ips"] == [lab.routers["cone" if name == "cone1" else "sym"].wan_ip]
+            assert nat()["stun_vs_observed"] == "agree", nat()
+    finally:
+        for proc in procs:
+            _stop(proc)

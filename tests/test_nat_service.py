@@ -69,3 +69,40 @@ async def test_classification_drives_reachability_and_is_published(autojump_cloc
 def test_nat_settings_in_toml_shape():
     c = DiscoveryConfig(nat=NatSettings(stun_servers=("198.51.100.1:3478",), port_mapping=True)).validate()
     assert c.nat.port_mapping
+
+
+async def test_a_new_default_route_reclassifies_and_forgets_what_peers_saw(autojump_clock):
+    from prozchain_discovery.events import EventBus
+    from prozchain_discovery.metrics import Metrics
+
+    route = [("eth0", "192.168.1.1")]
+    calls: list[float] = []
+
+    async def classifier(servers):
+        calls.append(trio.current_time())
+        return _Verdict("PORT_RESTRICTED")
+
+    nat = NatService(FakeHost(), bus=EventBus(), metrics=Metrics(), stun_servers=[("198.51.100.1", 3478)],
+                     classify_interval=3600.0, classifier=classifier, route=lambda: route[0], route_poll=10.0)
+    async with trio.open_nursery() as n:
+        n.start_soon(nat.run)
+        await trio.sleep(100.0)
+        assert len(calls) == 1  # same route: no new classification before classify_interval
+        nat.observed.add(("10.0.0.2", 5000), ("192.0.2.1", 5000), "g", trio.current_time())
+        route[0] = ("wlan0", "10.1.1.1")  # the laptop moved to another network
+        await trio.sleep(15.0)
+        assert len(calls) == 2 and nat.current_route == ("wlan0", "10.1.1.1")
+        assert nat.observed.infer().reports == 0 and nat.metrics.get("nat_route_changes") == 1
+        n.cancel_scope.cancel()
+
+
+def test_default_route_from_proc_net_route(tmp_path):
+    from prozchain_discovery.nat.portmap import default_gateway, default_route
+
+    f = tmp_path / "route"
+    f.write_text("Iface\tDestination\tGateway\tFlags\n"
+                 "eth0\t0000A8C0\t00000000\t0001\n"
+                 "eth0\t00000000\t0101A8C0\t0003\n")
+    assert default_route(str(f)) == ("eth0", "192.168.1.1")
+    assert default_gateway(str(f)) == "192.168.1.1"
+    assert default_route(str(tmp_path / "missing")) is None

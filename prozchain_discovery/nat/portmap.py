@@ -19,10 +19,11 @@ from typing import Any
 
 import trio
 
+from ..events import Wakeup
 from ..metrics import Metrics
 from .natpmp import NATPMP_PORT, NatPmpClient, NatPmpResult, Protocol
 
-__all__ = ["PortMapping", "PortMapper", "default_gateway", "natpmp_request", "upnp_map", "upnp_unmap"]
+__all__ = ["PortMapping", "PortMapper", "default_gateway", "default_route", "natpmp_request", "upnp_map", "upnp_unmap"]
 
 log = logging.getLogger("prozchain_discovery.nat.portmap")
 
@@ -44,8 +45,8 @@ class PortMapping:
         return f"/ip4/{self.external_ip}/{self.protocol}/{self.external_port}"
 
 
-def default_gateway(route_file: str = "/proc/net/route") -> str | None:
-    """The IPv4 default gateway from the kernel's routing table (Linux), or None."""
+def default_route(route_file: str = "/proc/net/route") -> tuple[str, str] | None:
+    """(interface, gateway) of the IPv4 default route from the kernel's table (Linux), or None."""
     try:
         lines = Path(route_file).read_text().splitlines()[1:]
     except OSError:
@@ -54,10 +55,16 @@ def default_gateway(route_file: str = "/proc/net/route") -> str | None:
         fields = line.split()
         if len(fields) >= 3 and fields[1] == "00000000" and fields[2] != "00000000":
             try:
-                return str(ipaddress.IPv4Address(struct.pack("<I", int(fields[2], 16))))
+                return fields[0], str(ipaddress.IPv4Address(struct.pack("<I", int(fields[2], 16))))
             except ValueError:
                 return None
     return None
+
+
+def default_gateway(route_file: str = "/proc/net/route") -> str | None:
+    """The IPv4 default gateway from the kernel's routing table (Linux), or None."""
+    route = default_route(route_file)
+    return route[1] if route is not None else None
 
 
 async def natpmp_request(client: NatPmpClient, start: Callable[[float], None]) -> list[NatPmpResult]:
@@ -152,6 +159,7 @@ class PortMapper:
         self.natpmp_sends = natpmp_sends
         self.mappings: dict[int, PortMapping] = {}
         self.last_error = ""
+        self._wake = Wakeup()
 
     async def map_once(self) -> list[PortMapping]:
         """Try to map every port; returns what is mapped now."""
@@ -212,6 +220,13 @@ class PortMapper:
                 log.warning("could not delete the %s mapping of port %d: %s", m.method, port, exc)
             del self.mappings[port]
 
+    def forget(self) -> None:
+        """The gateway changed (a new default route): our mappings there are gone or useless."""
+        if self.mappings:
+            self.mappings.clear()
+            self.on_change([])
+        self._wake.set()
+
     async def run(self, *, retry: float = 300.0) -> None:
         """Map, renew at half the lease, retry failures every ``retry`` s; unmap when cancelled."""
         try:
@@ -222,7 +237,7 @@ class PortMapper:
                     self.on_change(list(self.mappings.values()))
                 now = trio.current_time()
                 renewals = [m.granted_at + max(m.lifetime, 60) / 2 for m in self.mappings.values() if m.lifetime]
-                await trio.sleep_until(min([*renewals, now + retry]))
+                await self._wake.wait_until(min([*renewals, now + retry]))
                 for port, m in list(self.mappings.items()):
                     if m.lifetime and trio.current_time() >= m.granted_at + m.lifetime / 2:
                         del self.mappings[port]  # map_once renews it

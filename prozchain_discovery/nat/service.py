@@ -10,18 +10,22 @@ punching (docs/architecture.md) will read ``nat_type`` from the same event.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import multiaddr
 import trio
 from libp2p.abc import IHost
 
-from ..addrs import ip_of, port_of
-from ..events import EventBus, LocalAddressesChanged, NatStatusChanged, Wakeup
+from ..addrs import ip_of, network_group, port_of
+from ..events import EventBus, LocalAddressesChanged, NatStatusChanged, ObservedAddress, Wakeup
 from ..metrics import Metrics
-from .portmap import PortMapper, PortMapping
+from ..net.sockets import socket_addrs
+from .observed_mapping import ObservedMapping
+from .portmap import PortMapper, PortMapping, default_route
 from .status import NatStatus, Reachability
 from .stun_server import serve_stun
 
@@ -44,6 +48,8 @@ class NatService:
         classify_interval: float = 1800.0,
         classifier: Classifier | None = None,
         serve_stun_port: int = 0,
+        route: Callable[[], tuple[str, str] | None] = default_route,
+        route_poll: float = 10.0,
     ) -> None:
         self.host = host
         self.bus = bus
@@ -58,14 +64,57 @@ class NatService:
             PortMapper(self._listen_ports, metrics=metrics, on_change=self._on_mappings) if port_mapping else None
         )
         self._wake = Wakeup()
+        self.observed = ObservedMapping()
+        self.route = route  # the default route: a new one means a new network, classify again
+        self.route_poll = route_poll
+        self.current_route: tuple[str, str] | None = None
+        self._stun_mapped_ip: str | None = None
         bus.subscribe(LocalAddressesChanged, lambda _ev: self._wake.set())
+        bus.subscribe(ObservedAddress, self._on_observed)
 
     def _listen_ports(self) -> list[int]:
         ports = {port_of(a) for a in self.host.get_addrs()}
         return sorted(p for p in ports if p)
 
+    def _on_observed(self, ev: ObservedAddress) -> None:
+        """A peer says where it sees us: compare with the socket it said it over."""
+        ip, port = ip_of(ev.addr), port_of(ev.addr)
+        if ip is None or not port:
+            return
+        try:
+            conns = self.host.get_network().get_connections(ev.reporter)
+        except Exception:  # a host without a swarm (tests) or a peer gone meanwhile
+            return
+        for conn in conns:
+            addrs = socket_addrs(conn)
+            if addrs is None:  # relayed or QUIC: no socket of ours says anything
+                continue
+            (local_ip, local_port), (remote_ip, remote_port) = addrs
+            try:
+                remote = ipaddress.ip_address(remote_ip)
+            except ValueError:
+                continue
+            proto = "ip4" if remote.version == 4 else "ip6"
+            group = network_group(multiaddr.Multiaddr(f"/{proto}/{remote}/tcp/{remote_port}"))
+            if self.observed.add((local_ip, local_port), (str(ip), port), group, trio.current_time()):
+                self.metrics.inc("nat_observed_reports")
+            self._refresh_observed()
+            return
+
+    def _refresh_observed(self) -> None:
+        now = trio.current_time()
+        self.observed.on_timer(now)
+        st = self.status_value
+        inference = self.observed.infer(frozenset(str(ip_of(a)) for a in self.host.get_addrs() if ip_of(a)))
+        check = ObservedMapping.cross_check(inference, st.nat_type, st.mapping, self._stun_mapped_ip)
+        details = {**st.details, "observed_mapping": inference.as_dict(), "stun_vs_observed": check}
+        if details != st.details:
+            if check.startswith("disagree") and st.details.get("stun_vs_observed") != check:
+                log.warning("NAT: STUN and observed addresses %s", check)
+            self._publish(replace(st, details=details))
+
     def _publish(self, status: NatStatus) -> None:
-        if status == self.status_value:
+        if status == self.status_value and status.details == self.status_value.details:
             return
         self.status_value = status
         log.info("NAT: %s, %s, external %s", status.nat_type, status.reachability.value,
@@ -98,6 +147,8 @@ class NatService:
             log.warning("NAT classification failed: %s", exc)
             return
         self.metrics.observe("nat_classification_seconds", trio.current_time() - started)
+        mapped = getattr(result, "mapped_addr", None)
+        self._stun_mapped_ip = str(mapped[0]) if isinstance(mapped, tuple) and mapped else None
         nat_type = _name(getattr(result, "nat_type", "unknown"))
         st = self.status_value
         reach = st.reachability
@@ -117,6 +168,7 @@ class NatService:
             ),
             when=trio.current_time(),
         ))
+        self._refresh_observed()  # the cross-check has a new STUN side
 
     def _stun_ips(self) -> list[str]:
         """Up to two of our IPv4 listen addresses (two make the server RFC 5780)."""
@@ -129,8 +181,31 @@ class NatService:
         outside = [ip for ip in ips if not ip.startswith("127.")]
         return (outside or ips)[:2]
 
+    async def _watch_route(self) -> None:
+        """Poll the default route; a change re-classifies and re-maps.
+
+        /proc/net/route is generated by the kernel from memory (no disk, no wait), so it is read
+        on the loop rather than paying a worker thread every ``route_poll`` seconds.
+        """
+        self.current_route = self.route()
+        while True:
+            await trio.sleep(self.route_poll)
+            route = self.route()
+            if route == self.current_route:
+                continue
+            log.info("default route changed (%s → %s): classifying our NAT again",
+                     _route_text(self.current_route), _route_text(route))
+            self.metrics.inc("nat_route_changes")
+            self.current_route = route
+            self.observed = ObservedMapping()  # what peers saw was about the old path
+            if self.mapper is not None:
+                self.mapper.forget()
+            self._wake.set()
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            if self.route_poll > 0:
+                nursery.start_soon(self._watch_route)
             if self.mapper is not None:
                 nursery.start_soon(self.mapper.run)
             if self.serve_stun_port and (ips := self._stun_ips()):
@@ -150,6 +225,10 @@ class NatService:
         if self.stun_responder is not None:
             out["nat"]["stun_server"] = dict(self.stun_responder.stats)
         return out
+
+
+def _route_text(route: tuple[str, str] | None) -> str:
+    return f"via {route[1]} on {route[0]}" if route is not None else "none"
 
 
 def _name(value: Any) -> str:

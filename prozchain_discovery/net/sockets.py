@@ -1,0 +1,56 @@
+"""The kernel socket under a py-libp2p connection: its local and remote address.
+
+py-libp2p 0.8.1 exposes the remote address of a connection but not the local one, which the NAT
+component needs to tell whether a NAT kept our source port (nat/observed_mapping.py). The socket
+sits a few wrappers down (swarm connection → muxer → secure session → raw connection → trio
+stream → socket) under attribute names that differ between transports and versions, so this
+walks the known names, bounded, instead of hard-coding one chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["local_socket_addr", "socket_addrs"]
+
+_CHAIN = ("muxed_conn", "secured_conn", "conn", "raw_conn", "stream", "socket", "_socket", "read_writer")
+
+
+def _find_socket(obj: Any, depth: int = 8) -> Any:
+    seen: set[int] = set()
+    frontier = [obj]
+    for _ in range(depth):
+        nxt: list[Any] = []
+        for o in frontier:
+            if o is None or id(o) in seen:
+                continue
+            seen.add(id(o))
+            if callable(getattr(o, "getsockname", None)) and hasattr(o, "family"):
+                return o
+            nxt.extend(getattr(o, name, None) for name in _CHAIN)
+        frontier = nxt
+    return None
+
+
+def _pair(name: Any) -> tuple[str, int] | None:
+    if isinstance(name, tuple) and len(name) >= 2 and isinstance(name[0], str) and isinstance(name[1], int):
+        return name[0], name[1]
+    return None
+
+
+def socket_addrs(conn: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """((local ip, port), (remote ip, port)) of ``conn``, or None (relayed, QUIC, closed)."""
+    sock = _find_socket(conn)
+    if sock is None:
+        return None
+    try:
+        local, remote = _pair(sock.getsockname()), _pair(sock.getpeername())
+    except OSError:
+        return None
+    return (local, remote) if local is not None and remote is not None else None
+
+
+def local_socket_addr(conn: Any) -> tuple[str, int] | None:
+    """(ip, port) of our end of ``conn`` (a py-libp2p connection), or None."""
+    both = socket_addrs(conn)
+    return both[0] if both is not None else None
