@@ -156,8 +156,50 @@ def test_the_nat_command_behind_the_upnp_router(natlab):  # noqa: F811
     result = json.loads(out.stdout)
     assert result["nat_type"] == "port_restricted" and result["rfc5780"]
     (mapping,) = result["port_mapping"]
-    assert mapping["method"] == "natpmp" and mapping["external"] == f"/ip4/{lab.routers['upnp'].wan_ip}/tcp/4011"
+    assert mapping["method"] == "pcp" and mapping["external"] == f"/ip4/{lab.routers['upnp'].wan_ip}/tcp/4011"
     assert "4011" not in _miniupnpd_rules(lab)  # the command deletes what it mapped
+
+
+MAP_WITH = """
+import json, sys, trio
+from prozchain_discovery.metrics import Metrics
+from prozchain_discovery.nat.portmap import PortMapper
+async def main():
+    out = {}
+    for i, method in enumerate(("pcp", "natpmp", "upnp")):
+        ports = [("tcp", 4020 + i), ("udp", 4020 + i)]
+        m = PortMapper(lambda: ports, metrics=Metrics(), on_change=lambda _m: None, methods=(method,))
+        got = await m.map_once()
+        out[method] = {"mapped": sorted(x.multiaddr + " " + x.method for x in got), "error": m.last_error}
+        print(method, "MAPPED", flush=True)
+        sys.stdin.readline()  # the test looks at the router's rules now
+        await m.unmap_all()
+    print(json.dumps(out), flush=True)
+trio.run(main)
+"""
+
+
+def test_pcp_nat_pmp_and_upnp_each_map_tcp_and_udp_and_delete_what_they_mapped(natlab):  # noqa: F811
+    lab, wan = natlab, natlab.routers["upnp"].wan_ip
+    proc = lab.spawn("upnp1", [sys.executable, "-c", MAP_WITH], env=_env(), stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for i, method in enumerate(("pcp", "natpmp", "upnp")):
+            line = proc.stdout.readline()
+            assert line.strip() == f"{method} MAPPED", (line, proc.stderr.read() if not line else "")
+            rules = _miniupnpd_rules(lab)
+            assert f"--dport {4020 + i}" in rules and "-p udp" in rules and "-p tcp" in rules, rules
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        result = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill() if proc.poll() is None else None
+        proc.wait()
+    for i, method in enumerate(("pcp", "natpmp", "upnp")):
+        assert result[method]["mapped"] == sorted(
+            [f"/ip4/{wan}/tcp/{4020 + i} {method}", f"/ip4/{wan}/udp/{4020 + i} {method}"]), result
+    rules = _miniupnpd_rules(lab)
+    assert not any(f"--dport {p}" in rules for p in (4020, 4021, 4022)), rules
 
 
 def test_a_node_on_a_public_host_serves_stun_and_classifies_a_cone_client_as_coturn_does(natlab, tmp_path):  # noqa: F811

@@ -29,7 +29,7 @@ async def diagnose(stun_servers: list[tuple[str, int]], *, port_mapping: bool, p
                 took_ms=round(r.took * 1000, 1), note=r.note,
             )
     if port_mapping:
-        mapper = PortMapper(lambda: [port], metrics=Metrics(), on_change=lambda _m: None)
+        mapper = PortMapper(lambda: [("tcp", port)], metrics=Metrics(), on_change=lambda _m: None)
         started = trio.current_time()
         mappings = await mapper.map_once()
         out["port_mapping"] = [

@@ -18,6 +18,7 @@ __all__ = [
     "NATPMP_PORT",
     "Protocol",
     "NatPmpResult",
+    "GatewayRequests",
     "NatPmpClient",
     "encode_external_address_request",
     "encode_map_request",
@@ -78,9 +79,11 @@ class _Pending:
 
 
 @dataclass
-class NatPmpClient:
-    """Requests to one gateway. Drive it with :meth:`datagrams_to_send`, :meth:`receive_datagram`,
-    :meth:`next_deadline` and :meth:`on_timer`; finished requests come out of :meth:`results`."""
+class GatewayRequests:
+    """Requests to one gateway over UDP, retransmitted with a doubling timeout (RFC 6886 §3.1,
+    RFC 6887 §8.1.1), shared by the NAT-PMP and PCP clients. Drive it with
+    :meth:`datagrams_to_send`, ``receive_datagram``, :meth:`next_deadline` and :meth:`on_timer`;
+    finished requests come out of :meth:`results`."""
 
     gateway: str
     initial_rto: float = 0.25
@@ -89,14 +92,6 @@ class NatPmpClient:
     _pending: dict[tuple[int, int], _Pending] = field(default_factory=dict)
     _outbox: list[bytes] = field(default_factory=list)
     _results: list[NatPmpResult] = field(default_factory=list)
-
-    def request_external_address(self, now: float) -> None:
-        self._start(OP_EXTERNAL, encode_external_address_request(), now, (OP_EXTERNAL, 0))
-
-    def request_mapping(self, protocol: Protocol, internal_port: int, external_port: int, lifetime: int, now: float) -> None:
-        """Map (lifetime > 0) or delete (lifetime 0) ``internal_port``; a suggested external port."""
-        payload = encode_map_request(protocol, internal_port, external_port, lifetime)
-        self._start(int(protocol), payload, now, (int(protocol), internal_port))
 
     def _start(self, op: int, payload: bytes, now: float, key: tuple[int, int]) -> None:
         self._pending[key] = _Pending(op, payload, now, now, 1, key)
@@ -119,11 +114,38 @@ class NatPmpClient:
             if p.sends >= self.max_sends:
                 del self._pending[key]
                 self.stats["timeouts"] += 1
-                self._results.append(NatPmpResult(_op_name(p.op), False, "no answer from the gateway"))
+                self._results.append(NatPmpResult(self._op_name(p.op), False, "no answer from the gateway"))
                 continue
             p.sends += 1
             p.sent_at = now
             self._outbox.append(p.payload)
+
+    def _op_name(self, op: int) -> str:
+        return _op_name(op)
+
+    def receive_datagram(self, data: bytes, source_ip: str, now: float) -> None:
+        raise NotImplementedError  # each protocol parses its own answers
+
+    def results(self) -> list[NatPmpResult]:
+        out, self._results = self._results, []
+        return out
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+
+@dataclass
+class NatPmpClient(GatewayRequests):
+    """NAT-PMP requests to one gateway (see :class:`GatewayRequests` for how to drive it)."""
+
+    def request_external_address(self, now: float) -> None:
+        self._start(OP_EXTERNAL, encode_external_address_request(), now, (OP_EXTERNAL, 0))
+
+    def request_mapping(self, protocol: Protocol, internal_port: int, external_port: int, lifetime: int, now: float) -> None:
+        """Map (lifetime > 0) or delete (lifetime 0) ``internal_port``; a suggested external port."""
+        payload = encode_map_request(protocol, internal_port, external_port, lifetime)
+        self._start(int(protocol), payload, now, (int(protocol), internal_port))
 
     def receive_datagram(self, data: bytes, source_ip: str, now: float) -> None:
         if source_ip != self.gateway:
@@ -164,14 +186,6 @@ class NatPmpClient:
             internal, external, lifetime = struct.unpack("!HHI", data[8:16])
             self._results.append(NatPmpResult(_op_name(op), True, internal_port=internal, external_port=external,
                                               lifetime=lifetime, epoch=epoch, rtt=rtt))
-
-    def results(self) -> list[NatPmpResult]:
-        out, self._results = self._results, []
-        return out
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._pending)
 
 
 def _op_name(op: int) -> str:

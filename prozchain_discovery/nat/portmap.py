@@ -1,6 +1,7 @@
-"""Port mapping on the home gateway: NAT-PMP (RFC 6886) first, UPnP IGD second.
+"""Port mapping on the home gateway: PCP (RFC 6887), then NAT-PMP (RFC 6886), then UPnP IGD.
 
-NAT-PMP answers in milliseconds (one UDP exchange with the default gateway); UPnP needs SSDP
+PCP and NAT-PMP answer in milliseconds (one UDP exchange with the default gateway, port 5351; a
+NAT-PMP-only gateway answers PCP with "unsupported version" at once); UPnP needs SSDP
 discovery (~2 s) and runs through ``miniupnpc`` in a worker thread, never on the trio loop.
 A granted mapping is renewed at half its lease and deleted when the node stops; its external
 address is published as a :class:`PortMapping` so the local-addresses component can advertise
@@ -21,7 +22,8 @@ import trio
 
 from ..events import Wakeup
 from ..metrics import Metrics
-from .natpmp import NATPMP_PORT, NatPmpClient, NatPmpResult, Protocol
+from .natpmp import NATPMP_PORT, GatewayRequests, NatPmpClient, NatPmpResult, Protocol
+from .pcp import UNSUPPORTED_VERSION, PcpClient
 
 __all__ = ["PortMapping", "PortMapper", "default_gateway", "default_route", "natpmp_request", "upnp_map", "upnp_unmap"]
 
@@ -32,13 +34,14 @@ DEFAULT_LEASE = 3600
 
 @dataclass(frozen=True)
 class PortMapping:
-    method: str  # "natpmp" | "upnp"
+    method: str  # "pcp" | "natpmp" | "upnp"
     protocol: str  # "tcp" | "udp"
     internal_port: int
     external_ip: str
     external_port: int
     lifetime: int  # seconds; 0 = until deleted (UPnP permanent)
     granted_at: float
+    nonce: bytes = b""  # PCP: the mapping's nonce, needed to renew or delete it
 
     @property
     def multiaddr(self) -> str:
@@ -67,12 +70,15 @@ def default_gateway(route_file: str = "/proc/net/route") -> str | None:
     return route[1] if route is not None else None
 
 
-async def natpmp_request(client: NatPmpClient, start: Callable[[float], None]) -> list[NatPmpResult]:
-    """Run one request (``start(now)`` queues it) against ``client.gateway``; its results."""
+async def natpmp_request(client: GatewayRequests, start: Callable[[float, str], None]) -> list[NatPmpResult]:
+    """Run one request against ``client.gateway`` (NAT-PMP or PCP); its results.
+
+    ``start(now, local_ip)`` queues the request; ``local_ip`` is our address towards the gateway
+    (PCP puts it in the request)."""
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     with sock:
         await sock.connect((client.gateway, NATPMP_PORT))
-        start(trio.current_time())
+        start(trio.current_time(), sock.getsockname()[0])
         while True:
             for data in client.datagrams_to_send():
                 try:
@@ -136,12 +142,15 @@ async def upnp_unmap(external_port: int, protocol: str = "tcp", discover_ms: int
     await trio.to_thread.run_sync(_upnp_unmap_sync, external_port, protocol, discover_ms)
 
 
+Port = tuple[str, int]  # ("tcp" | "udp", port)
+
+
 class PortMapper:
     """Keeps ``ports()`` mapped while it runs; ``on_change`` gets the current mappings."""
 
     def __init__(
         self,
-        ports: Callable[[], list[int]],
+        ports: Callable[[], list[Port]],
         *,
         metrics: Metrics,
         on_change: Callable[[list[PortMapping]], None],
@@ -149,6 +158,7 @@ class PortMapper:
         gateway: Callable[[], str | None] = default_gateway,
         natpmp_rto: float = 0.25,
         natpmp_sends: int = 4,
+        methods: tuple[str, ...] = ("pcp", "natpmp", "upnp"),
     ) -> None:
         self.ports = ports
         self.metrics = metrics
@@ -157,68 +167,110 @@ class PortMapper:
         self.gateway = gateway
         self.natpmp_rto = natpmp_rto
         self.natpmp_sends = natpmp_sends
-        self.mappings: dict[int, PortMapping] = {}
+        self.methods = methods
+        self.mappings: dict[Port, PortMapping] = {}
         self.last_error = ""
         self._wake = Wakeup()
 
     async def map_once(self) -> list[PortMapping]:
         """Try to map every port; returns what is mapped now."""
-        for port in self.ports():
-            if port in self.mappings:
+        for key in self.ports():
+            if key in self.mappings:
                 continue
-            mapping = await self._natpmp(port) or await self._upnp(port)
+            mapping = await self._map(*key, renewing=None)
             if mapping is not None:
-                self.mappings[port] = mapping
+                self.mappings[key] = mapping
                 self.metrics.inc("port_mappings", method=mapping.method)
-                log.info("mapped tcp %d to %s via %s (lease %d s)", port, mapping.multiaddr,
+                log.info("mapped %s %d to %s via %s (lease %d s)", key[0], key[1], mapping.multiaddr,
                          mapping.method, mapping.lifetime)
         return list(self.mappings.values())
 
-    async def _natpmp(self, port: int) -> PortMapping | None:
+    async def _map(self, proto: str, port: int, renewing: PortMapping | None) -> PortMapping | None:
+        errors = []
+        # A renewal goes to the method that granted the mapping (PCP wants its nonce back).
+        for method in (renewing.method,) if renewing is not None else self.methods:
+            attempt = {"pcp": self._pcp, "natpmp": self._natpmp, "upnp": self._upnp}[method]
+            mapping, error = await attempt(proto, port, renewing)
+            if mapping is not None:
+                return mapping
+            errors.append(error)
+            if method == "pcp" and error.endswith(UNSUPPORTED_VERSION):
+                continue  # a NAT-PMP gateway said so at once: ask it in NAT-PMP
+        self.last_error = "; ".join(e for e in errors if e)
+        return None
+
+    async def _pcp(self, proto: str, port: int, renewing: PortMapping | None) -> tuple[PortMapping | None, str]:
         gw = self.gateway()
         if gw is None:
-            return None
+            return None, "PCP: no default gateway"
+        client = PcpClient(gw, initial_rto=self.natpmp_rto, max_sends=self.natpmp_sends)
+        protocol = Protocol.TCP if proto == "tcp" else Protocol.UDP
+        nonce = renewing.nonce if renewing is not None else None
+        external = renewing.external_port if renewing is not None else port
+
+        def start(now: float, local_ip: str) -> None:
+            client.client_ip = local_ip
+            client.request_mapping(protocol, port, external, self.lease, now, nonce)
+
+        got = await natpmp_request(client, start)
+        r = got[0] if got else None
+        if r is None or not r.ok or r.external_ip is None:
+            return None, f"PCP at {gw}: {r.error if r else 'no answer'}"
+        return PortMapping("pcp", proto, port, r.external_ip, r.external_port, r.lifetime, trio.current_time(),
+                           nonce=client._nonces[(int(protocol), port)]), ""
+
+    async def _natpmp(self, proto: str, port: int, renewing: PortMapping | None) -> tuple[PortMapping | None, str]:
+        gw = self.gateway()
+        if gw is None:
+            return None, "NAT-PMP: no default gateway"
         client = NatPmpClient(gw, initial_rto=self.natpmp_rto, max_sends=self.natpmp_sends)
-        ext = await natpmp_request(client, client.request_external_address)
-        if not ext or not ext[0].ok or ext[0].external_ip is None:
-            self.last_error = f"NAT-PMP at {gw}: {ext[0].error if ext else 'no answer'}"
-            return None
-        got = await natpmp_request(client, lambda now: client.request_mapping(Protocol.TCP, port, port, self.lease, now))
+        ext = await natpmp_request(client, lambda now, _ip: client.request_external_address(now))
+        external_ip = ext[0].external_ip if ext and ext[0].ok else None
+        if external_ip is None:
+            return None, f"NAT-PMP at {gw}: {ext[0].error if ext else 'no answer'}"
+        protocol = Protocol.TCP if proto == "tcp" else Protocol.UDP
+        got = await natpmp_request(client, lambda now, _ip: client.request_mapping(protocol, port, port, self.lease, now))
         if not got or not got[0].ok:
-            self.last_error = f"NAT-PMP at {gw}: {got[0].error if got else 'no answer'}"
-            return None
+            return None, f"NAT-PMP at {gw}: {got[0].error if got else 'no answer'}"
         r = got[0]
-        return PortMapping("natpmp", "tcp", port, ext[0].external_ip, r.external_port, r.lifetime, trio.current_time())
+        return PortMapping("natpmp", proto, port, external_ip, r.external_port, r.lifetime,
+                           trio.current_time()), ""
 
-    async def _upnp(self, port: int) -> PortMapping | None:
+    async def _upnp(self, proto: str, port: int, renewing: PortMapping | None) -> tuple[PortMapping | None, str]:
         try:
-            external_ip, external_port, _lan = await upnp_map(port, "tcp", self.lease)
+            external_ip, external_port, _lan = await upnp_map(port, proto, self.lease)
         except (OSError, Exception) as exc:  # miniupnpc raises plain Exception
-            self.last_error = f"UPnP: {exc}"
-            return None
-        return PortMapping("upnp", "tcp", port, external_ip, external_port, self.lease, trio.current_time())
+            return None, f"UPnP: {exc}"
+        return PortMapping("upnp", proto, port, external_ip, external_port, self.lease, trio.current_time()), ""
 
-    async def _natpmp_delete(self, gw: str, port: int) -> None:
-        client = NatPmpClient(gw, initial_rto=self.natpmp_rto, max_sends=2)
+    async def _delete(self, m: PortMapping) -> None:
+        if m.method == "upnp":
+            await upnp_unmap(m.external_port, m.protocol)
+            return
+        gw = self.gateway()
+        if gw is None:
+            return
+        protocol = Protocol.TCP if m.protocol == "tcp" else Protocol.UDP
+        if m.method == "pcp":
+            pcp = PcpClient(gw, initial_rto=self.natpmp_rto, max_sends=2)
 
-        def start(now: float) -> None:
-            client.request_mapping(Protocol.TCP, port, 0, 0, now)  # lifetime 0 deletes (RFC 6886)
+            def start(now: float, local_ip: str) -> None:
+                pcp.client_ip = local_ip
+                pcp.request_mapping(protocol, m.internal_port, 0, 0, now, m.nonce)  # lifetime 0 deletes
 
-        await natpmp_request(client, start)
+            await natpmp_request(pcp, start)
+        else:
+            client = NatPmpClient(gw, initial_rto=self.natpmp_rto, max_sends=2)
+            await natpmp_request(client, lambda now, _ip: client.request_mapping(protocol, m.internal_port, 0, 0, now))
 
     async def unmap_all(self) -> None:
-        for port, m in list(self.mappings.items()):
+        for key, m in list(self.mappings.items()):
             try:
-                if m.method == "natpmp":
-                    gw = self.gateway()
-                    if gw is not None:
-                        await self._natpmp_delete(gw, port)
-                else:
-                    await upnp_unmap(m.external_port, m.protocol)
+                await self._delete(m)
                 self.metrics.inc("port_unmappings", method=m.method)
             except Exception as exc:  # best effort on the way out
-                log.warning("could not delete the %s mapping of port %d: %s", m.method, port, exc)
-            del self.mappings[port]
+                log.warning("could not delete the %s mapping of %s port %d: %s", m.method, m.protocol, m.internal_port, exc)
+            del self.mappings[key]
 
     def forget(self) -> None:
         """The gateway changed (a new default route): our mappings there are gone or useless."""
@@ -231,17 +283,21 @@ class PortMapper:
         """Map, renew at half the lease, retry failures every ``retry`` s; unmap when cancelled."""
         try:
             while True:
-                before = set(self.mappings)
+                before = dict(self.mappings)
                 await self.map_once()
-                if set(self.mappings) != before:
+                if self.mappings != before:
                     self.on_change(list(self.mappings.values()))
                 now = trio.current_time()
                 renewals = [m.granted_at + max(m.lifetime, 60) / 2 for m in self.mappings.values() if m.lifetime]
                 await self._wake.wait_until(min([*renewals, now + retry]))
-                for port, m in list(self.mappings.items()):
+                for key, m in list(self.mappings.items()):
                     if m.lifetime and trio.current_time() >= m.granted_at + m.lifetime / 2:
-                        del self.mappings[port]  # map_once renews it
+                        renewed = await self._map(*key, renewing=m)
                         self.metrics.inc("port_mapping_renewals", method=m.method)
+                        if renewed is not None:
+                            self.mappings[key] = renewed
+                        else:
+                            del self.mappings[key]  # map_once tries every method again
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.unmap_all()

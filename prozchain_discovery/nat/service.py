@@ -72,9 +72,14 @@ class NatService:
         bus.subscribe(LocalAddressesChanged, lambda _ev: self._wake.set())
         bus.subscribe(ObservedAddress, self._on_observed)
 
-    def _listen_ports(self) -> list[int]:
-        ports = {port_of(a) for a in self.host.get_addrs()}
-        return sorted(p for p in ports if p)
+    def _listen_ports(self) -> list[tuple[str, int]]:
+        """(protocol, port) of what we listen on: TCP, and UDP (QUIC) when we listen there."""
+        ports = set()
+        for a in self.host.get_addrs():
+            port = port_of(a)
+            if port:
+                ports.add(("udp" if "/udp/" in str(a) else "tcp", port))
+        return sorted(ports)
 
     def _on_observed(self, ev: ObservedAddress) -> None:
         """A peer says where it sees us: compare with the socket it said it over."""
