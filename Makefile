@@ -58,7 +58,8 @@ protos:
 	@test -x /tmp/prozchain-protoc/bin/python || ($(PYTHON) -m venv /tmp/prozchain-protoc && /tmp/prozchain-protoc/bin/pip install -q 'grpcio-tools==1.76.*')
 	tmp=$$(mktemp -d); /tmp/prozchain-protoc/bin/python -m grpc_tools.protoc \
 	  --proto_path=prozchain/discovery/v1=protocols --python_out=$$tmp --pyi_out=$$tmp \
-	  prozchain/discovery/v1/bootstrap.proto prozchain/discovery/v1/pex.proto && \
+	  prozchain/discovery/v1/bootstrap.proto prozchain/discovery/v1/pex.proto \
+	  prozchain/discovery/v1/stun-service.proto && \
 	  mv $$tmp/prozchain/discovery/v1/* prozchain_discovery/wire/pb/ && rm -rf $$tmp
 
 clean:

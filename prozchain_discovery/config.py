@@ -195,6 +195,8 @@ class NatSettings:
     # Serve STUN binding (RFC 5389; RFC 5780 with two addresses) on this UDP port and the next,
     # so a ProzChain network needs no third-party STUN servers. 0 = off.
     serve_stun_port: int = 0
+    # With no ``stun_servers``, classify with peers that serve STUN (/prozchain/stun/1.0).
+    stun_from_peers: bool = True
 
     def validate(self, prefix: str) -> None:
         for i, text in enumerate(self.stun_servers):

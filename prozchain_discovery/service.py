@@ -120,6 +120,7 @@ class DiscoveryService:
             classify_interval=cfg.nat.classify_interval,
             classifier=lambda servers: classify_nat(servers, server_timeout=3.0),
             serve_stun_port=cfg.nat.serve_stun_port,
+            stun_from_peers=cfg.nat.stun_from_peers,
         )
         self.status_writer = StatusWriter(
             self.status, data_dir=self.data_dir, interval=cfg.status_interval, metrics=metrics

@@ -37,6 +37,9 @@ class FakeNetwork:
     def get_connections(self, peer_id: ID) -> list[Any]:
         return [self.host.conns[peer_id]] if peer_id in self.host.conns else []
 
+    def get_connections_map(self) -> dict[ID, list[Any]]:
+        return {pid: [c] for pid, c in self.host.conns.items()}
+
 
 class FakePeerstore:
     def add_addrs(self, *a: Any) -> None:

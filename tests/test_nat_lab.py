@@ -218,6 +218,19 @@ def test_a_node_on_a_public_host_serves_stun_and_classifies_a_cone_client_as_cot
         ours, coturn = verdicts[3480], verdicts[3478]
         assert ours["rfc5780"] and ours["nat_type"] == coturn["nat_type"] == "port_restricted"
         assert (ours["mapping"], ours["filtering"]) == (coturn["mapping"], coturn["filtering"])
+        # A node behind the cone router with no STUN server configured finds this one through its
+        # peers (/prozchain/stun/1.0, listed by identify) and reaches the same verdict.
+        boot = f'"/ip4/{lab.stun_ips[0]}/tcp/4001/p2p/{_status(data)["peer_id"]}"'
+        client, cdata = _start(lab, "cone1", tmp_path, 'network_id = "lab"\nlisten = ["/ip4/0.0.0.0/tcp/4001"]\n'
+                               f'[bootstrap]\nmin_peers_for_startup = 1\nbootstrap_nodes = [{boot}]\n')
+        try:
+            _wait(lambda: _status(cdata).get("nat", {}).get("nat_type", "unknown") != "unknown", 30,
+                  "the client's classification with STUN from its peer")
+            nat = _status(cdata)["nat"]
+            assert nat["nat_type"] == "port_restricted", nat
+            assert nat["stun_servers_from_peers"] == [f"{lab.stun_ips[0]}:3480"], nat
+        finally:
+            _stop(client)
     finally:
         _stop(node)
 

@@ -21,15 +21,27 @@ import trio
 from libp2p.abc import IHost
 
 from ..addrs import ip_of, network_group, port_of
-from ..events import EventBus, LocalAddressesChanged, NatStatusChanged, ObservedAddress, Wakeup
+from ..events import (
+    EventBus,
+    LocalAddressesChanged,
+    NatStatusChanged,
+    ObservedAddress,
+    PeerConnected,
+    Wakeup,
+)
 from ..metrics import Metrics
 from ..net.sockets import socket_addrs
+from ..wire.stun_service import StunServiceResponse
 from .observed_mapping import ObservedMapping
 from .portmap import PortMapper, PortMapping, default_route
 from .status import NatStatus, Reachability
+from .stun_peers import serve_stun_service, stun_servers_from_peers
 from .stun_server import serve_stun
 
 __all__ = ["NatService"]
+
+PEER_STUN_RETRY = 30.0  # no peer serves STUN yet: look again (and whenever a peer connects)
+IDENTIFY_SETTLE = 1.0
 
 log = logging.getLogger("prozchain_discovery.nat")
 
@@ -50,6 +62,7 @@ class NatService:
         serve_stun_port: int = 0,
         route: Callable[[], tuple[str, str] | None] = default_route,
         route_poll: float = 10.0,
+        stun_from_peers: bool = False,
     ) -> None:
         self.host = host
         self.bus = bus
@@ -68,9 +81,17 @@ class NatService:
         self.route = route  # the default route: a new one means a new network, classify again
         self.route_poll = route_poll
         self.current_route: tuple[str, str] | None = None
+        self.stun_from_peers = stun_from_peers
+        self._waiting_for_stun_peers = False
+        self.peer_stun_servers: list[tuple[str, int]] = []
         self._stun_mapped_ip: str | None = None
         bus.subscribe(LocalAddressesChanged, lambda _ev: self._wake.set())
         bus.subscribe(ObservedAddress, self._on_observed)
+        bus.subscribe(PeerConnected, self._on_peer_connected)
+
+    def _on_peer_connected(self, _ev: PeerConnected) -> None:
+        if self._waiting_for_stun_peers:  # it may serve STUN (identify tells in a moment)
+            self._wake.set()
 
     def _listen_ports(self) -> list[tuple[str, int]]:
         """(protocol, port) of what we listen on: TCP, and UDP (QUIC) when we listen there."""
@@ -140,13 +161,14 @@ class NatService:
         self._publish(replace(st, port_mappings=addrs, external_addrs=addrs, reachability=reach,
                               evidence=evidence, when=trio.current_time()))
 
-    async def classify_once(self) -> None:
-        if not self.stun_servers or self.classifier is None:
+    async def classify_once(self, servers: list[tuple[str, int]] | None = None) -> None:
+        servers = servers if servers is not None else self.stun_servers
+        if not servers or self.classifier is None:
             return
         self.metrics.inc("nat_classifications")
         started = trio.current_time()
         try:
-            result = await self.classifier(self.stun_servers)
+            result = await self.classifier(servers)
         except Exception as exc:  # a transport error: keep the last verdict, say why
             self.metrics.inc("nat_classification_errors")
             log.warning("NAT classification failed: %s", exc)
@@ -168,7 +190,8 @@ class NatService:
             filtering=_name(getattr(result, "filtering", "unknown")),
             reachability=reach,
             evidence=tuple(e for e in st.evidence if not e.startswith("stun")) + (
-                f"stun {nat_type} via {', '.join(f'{h}:{p}' for h, p in self.stun_servers)}"
+                f"stun {nat_type} via {', '.join(f'{h}:{p}' for h, p in servers)}"
+                + (" (peers serving STUN)" if servers is not self.stun_servers else "")
                 + (f" ({result.note})" if getattr(result, "note", "") else ""),
             ),
             when=trio.current_time(),
@@ -217,11 +240,28 @@ class NatService:
                 port = self.serve_stun_port
                 self.stun_responder = await nursery.start(serve_stun, ips, [port, port + 1])
                 log.info("serving STUN on %s, UDP %d and %d", ", ".join(ips), port, port + 1)
-            if not self.stun_servers or self.classifier is None:
+                serve_stun_service(self.host, lambda: StunServiceResponse(
+                    tuple((ip, port) for ip in ips), rfc5780=len(ips) >= 2))
+            if self.classifier is None or not (self.stun_servers or self.stun_from_peers):
                 return
             while True:
-                await self.classify_once()
-                await self._wake.wait(self.classify_interval)
+                servers = self.stun_servers or await self._servers_from_peers()
+                self._waiting_for_stun_peers = not servers
+                if servers:
+                    await self.classify_once(servers)
+                await self._wake.wait(self.classify_interval if servers else PEER_STUN_RETRY)
+                if not servers:
+                    await trio.sleep(IDENTIFY_SETTLE)  # a new peer's protocols arrive with identify
+
+    async def _servers_from_peers(self) -> list[tuple[str, int]]:
+        servers, notes = await stun_servers_from_peers(self.host)
+        for note in notes:
+            log.info("STUN from peers: %s", note)
+        if servers != self.peer_stun_servers:
+            self.peer_stun_servers = servers
+            if servers:
+                log.info("classifying with STUN served by peers: %s", ", ".join(f"{h}:{p}" for h, p in servers))
+        return servers
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"nat": self.status_value.as_dict()}
@@ -229,6 +269,8 @@ class NatService:
             out["nat"].update(self.mapper.status())
         if self.stun_responder is not None:
             out["nat"]["stun_server"] = dict(self.stun_responder.stats)
+        if self.peer_stun_servers:
+            out["nat"]["stun_servers_from_peers"] = [f"{h}:{p}" for h, p in self.peer_stun_servers]
         return out
 
 

@@ -1,0 +1,95 @@
+"""STUN servers among our peers: ``/prozchain/stun/1.0`` (protocols/stun-service.md), both sides.
+
+A node serving STUN (nat/stun_server.py) answers where; a node with no STUN server configured
+asks connected peers whose identify lists the protocol. Only addresses at the IP we are
+connected to the peer at are used, so a peer cannot aim our STUN traffic at a third party; at
+most ``limit`` peers from distinct network groups are asked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.peer.id import ID
+
+from ..addrs import network_group
+from ..net.exchange import ExchangeError, request, serve
+from ..net.sockets import socket_addrs
+from ..wire.messages import DecodeError
+from ..wire.stun_service import STUN_SERVICE_PROTOCOL, StunServiceRequest, StunServiceResponse
+
+__all__ = ["STUN_SERVICE_PROTOCOL", "serve_stun_service", "stun_servers_from_peers"]
+
+log = logging.getLogger("prozchain_discovery.nat.stun_peers")
+
+Addr = tuple[str, int]
+
+
+def serve_stun_service(host: IHost, where: Callable[[], StunServiceResponse], timeout: float = 10.0) -> None:
+    """Answer ``/prozchain/stun/1.0`` with ``where()`` (our STUN addresses)."""
+
+    async def answer(data: bytes, _stream: INetStream) -> bytes:
+        StunServiceRequest.decode(data)
+        return where().encode()
+
+    async def handler(stream: INetStream) -> None:
+        await serve(stream, timeout, answer)
+
+    host.set_stream_handler(STUN_SERVICE_PROTOCOL, handler)  # type: ignore[arg-type]
+
+
+def _remote(host: IHost, peer_id: ID) -> tuple[str, str] | None:
+    """(remote IP, network group) of our direct connection to ``peer_id``, or None."""
+    for conn in host.get_network().get_connections(peer_id):
+        addrs = socket_addrs(conn)
+        if addrs is None:
+            continue
+        ip = addrs[1][0]
+        try:
+            proto = "ip4" if ipaddress.ip_address(ip).version == 4 else "ip6"
+        except ValueError:
+            continue
+        return ip, network_group(multiaddr.Multiaddr(f"/{proto}/{ip}/tcp/{addrs[1][1]}"))
+    return None
+
+
+def _serves_stun(host: IHost, peer_id: ID) -> bool:
+    try:
+        return STUN_SERVICE_PROTOCOL in (host.get_peerstore().get_protocols(peer_id) or [])
+    except Exception:  # no identify yet
+        return False
+
+
+async def stun_servers_from_peers(host: IHost, *, limit: int = 2, timeout: float = 3.0) -> tuple[list[Addr], list[str]]:
+    """STUN servers (ip, port) offered by up to ``limit`` connected peers; and notes on refusals."""
+    candidates: dict[str, tuple[ID, str]] = {}  # group -> (peer, its IP)
+    for peer_id in list(host.get_network().get_connections_map()):
+        if not _serves_stun(host, peer_id):
+            continue
+        remote = _remote(host, peer_id)
+        if remote is not None and remote[1] not in candidates:
+            candidates[remote[1]] = (peer_id, remote[0])
+    servers: list[Addr] = []
+    notes: list[str] = []
+
+    async def ask(peer_id: ID, ip: str) -> None:
+        try:
+            data, _ = await request(host, peer_id, STUN_SERVICE_PROTOCOL, StunServiceRequest().encode(), timeout)
+            answer = StunServiceResponse.decode(data)
+        except (ExchangeError, DecodeError) as exc:
+            notes.append(f"{peer_id}: {exc}"[:160])
+            return
+        usable = [a for a in answer.addrs if a[0] == ip]
+        if len(usable) < len(answer.addrs):
+            notes.append(f"{peer_id}: ignored STUN addresses not at {ip}")
+        servers.extend(usable[:1])  # one per peer: its OTHER-ADDRESS comes from STUN itself
+
+    async with trio.open_nursery() as nursery:
+        for peer_id, ip in list(candidates.values())[:limit]:
+            nursery.start_soon(ask, peer_id, ip)
+    return servers, notes
