@@ -139,4 +139,5 @@ def make_host(
     libp2p_fixes.no_swarm_retries(host)
     libp2p_fixes.defer_identify(host)
     libp2p_fixes.tolerate_handler_removal(host)
+    libp2p_fixes.pipeline_multistream(host)
     return host

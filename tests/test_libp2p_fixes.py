@@ -667,3 +667,116 @@ async def _two_hosts():
     a, b = make_host(listen_addrs=LOOP), make_host(listen_addrs=LOOP)
     async with libp2p_fixes.run_host(a, LOOP), libp2p_fixes.run_host(b, LOOP):
         yield a, b
+
+
+# ---- pipeline_multistream: one round trip per negotiation, not two -------------------------
+
+
+class _Pipe:
+    """One direction-pair of an in-memory byte stream with the read/write py-libp2p expects."""
+
+    def __init__(self, send, recv) -> None:
+        self.send, self.recv, self.writes = send, recv, []
+        self.buf = b""
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        await self.send.send_all(data)
+
+    async def read(self, n: int | None = None) -> bytes:
+        if not self.buf:
+            self.buf = await self.recv.receive_some()
+        take = len(self.buf) if n is None else n
+        out, self.buf = self.buf[:take], self.buf[take:]
+        return out
+
+    async def close(self) -> None:
+        await self.send.aclose()
+
+
+def _pipes():
+    import trio.testing
+
+    a_send, b_recv = trio.testing.memory_stream_one_way_pair()
+    b_send, a_recv = trio.testing.memory_stream_one_way_pair()
+    return _Pipe(a_send, a_recv), _Pipe(b_send, b_recv)
+
+
+async def test_stock_multistream_client_waits_a_round_trip_before_proposing(autojump_clock):
+    """The bug: the header goes alone, and nothing else until the listener answers it."""
+    from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+    client, _listener = _pipes()
+    with trio.move_on_after(5):
+        await MultiselectClient().select_one_of(["/noise"], MultiselectCommunicator(client))
+    assert client.writes == [b"\x13/multistream/1.0.0\n"]  # still waiting for the header's answer
+
+
+async def test_pipelined_client_sends_header_and_proposal_at_once_and_a_stock_listener_agrees():
+    from libp2p.protocol_muxer.multiselect import Multiselect
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+    from prozchain_discovery.libp2p_fixes import _PipelinedMultiselectClient
+
+    listener_side = Multiselect()
+    listener_side.add_handler("/yamux/1.0.0", None)
+    listener_side.add_handler("/noise", None)
+    client, listener = _pipes()
+    async with trio.open_nursery() as nursery:
+        got = {}
+
+        async def listen() -> None:
+            got["listener"], _ = await listener_side.negotiate(MultiselectCommunicator(listener))
+
+        nursery.start_soon(listen)
+        chosen = await _PipelinedMultiselectClient().select_one_of(["/noise"], MultiselectCommunicator(client))
+    assert chosen == got["listener"] == "/noise"
+    assert client.writes == [b"\x13/multistream/1.0.0\n\x07/noise\n"]  # one write, one round trip
+
+    # The first proposal refused ("na"): the others are tried one at a time, as before.
+    client, listener = _pipes()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listen)
+        chosen = await _PipelinedMultiselectClient().select_one_of(
+            ["/tls/1.0.0", "/yamux/1.0.0"], MultiselectCommunicator(client))
+    assert chosen == got["listener"] == "/yamux/1.0.0"
+
+
+async def test_pipelined_client_reports_unsupported_as_the_stock_one_does():
+    from libp2p.protocol_muxer.exceptions import MultiselectClientError
+    from libp2p.protocol_muxer.multiselect import Multiselect
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+    from prozchain_discovery.libp2p_fixes import _PipelinedMultiselectClient
+    from prozchain_discovery.net.exchange import _said_na
+
+    listener_side = Multiselect()
+    listener_side.add_handler("/other/1.0", None)
+    client, listener = _pipes()
+    async with trio.open_nursery() as nursery:
+        nursery.cancel_scope.deadline = trio.current_time() + 10
+        nursery.start_soon(lambda: listener_side.negotiate(MultiselectCommunicator(listener)))
+        with pytest.raises(MultiselectClientError) as err:
+            await _PipelinedMultiselectClient().select_one_of(["/prozchain/pex/1.0"], MultiselectCommunicator(client))
+        nursery.cancel_scope.cancel()
+    assert _said_na(err.value)
+
+
+async def test_our_hosts_negotiate_pipelined_on_real_connections():
+    from contextlib import AsyncExitStack
+
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from prozchain_discovery.libp2p_fixes import _PipelinedMultiselectClient
+    from tests.netutil import Net
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        a, b = await net.host(), await net.host()
+        upgrader = a.get_network().upgrader
+        assert isinstance(a.multiselect_client, _PipelinedMultiselectClient)
+        assert isinstance(upgrader.security_multistream._selector.multiselect_client, _PipelinedMultiselectClient)
+        assert isinstance(upgrader.muxer_multistream._selector.multiselect_client, _PipelinedMultiselectClient)
+        await a.connect(info_from_p2p_addr(b.get_addrs()[0]))
+        assert b.get_id() in a.get_connected_peers()
