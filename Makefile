@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 APT_PACKAGES := dnsmasq-base
 
-.PHONY: help setup system-deps test lint typecheck unit demo bench protos clean
+.PHONY: help setup system-deps test quick lint typecheck unit demo bench protos clean
 
 help:
 	@echo "make demo   - set up and run a local multi-node network with progress and a summary"
 	@echo "make test   - set up and run the whole suite (lint, types, tests)"
+	@echo "make quick  - lint, types and the tests not marked slow (no NAT lab, no js, no CLI processes)"
 	@echo "make bench  - run the benchmarks (figures go to bench/RESULTS.md by hand)"
 
 $(STAMP): pyproject.toml
@@ -33,18 +34,25 @@ system-deps:
 	fi
 	@if [ "$$(id -u)" = 0 ]; then $(PYTHON) -m interop.natlab install; \
 	else echo "note: the NAT lab tests need root (network namespaces)"; fi
+	@if command -v npm >/dev/null 2>&1; then \
+	  [ interop/js/node_modules/.package-lock.json -nt interop/js/package-lock.json ] || \
+	  (cd interop/js && npm ci --no-audit --no-fund --loglevel=error) || echo "warning: npm ci in interop/js failed"; \
+	else echo "note: install Node.js 20 and npm to run the js-libp2p interop tests"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check prozchain_discovery tests bench examples interop
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy prozchain_discovery interop/natlab
+	$(VENV)/bin/mypy prozchain_discovery interop/natlab interop/mesh.py interop/procs.py interop/forger.py interop/py_relay.py interop/relay_check.py
 
 unit: setup
 	$(PY) -m pytest -q
 
 test: setup lint typecheck unit
+
+quick: $(STAMP) lint typecheck
+	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
 	$(PY) -m prozchain_discovery demo --nodes 30

@@ -214,3 +214,63 @@ def test_send_ptr_query_asks_with_known_answers_and_lists_cached_names():
     assert [(q.name, q.type) for q in out.questions] == [(SERVICE_TYPE, 12)]
     assert sorted(r.alias for r, _ in out.answers) == [name(1), name(2)]  # known answers
     assert out.packets()  # serialises
+
+
+# ---- TXT-only answers (js-libp2p, go-libp2p): PTR + TXT ``dnsaddr=``, no SRV -------------------
+
+def _txt(*strings: str) -> bytes:
+    return b"".join(len(s.encode()).to_bytes(1, "big") + s.encode() for s in strings)
+
+
+def test_parse_txt_reads_every_dnsaddr_and_skips_bad_ones():
+    from prozchain_discovery.bootstrap.mdns import parse_txt
+
+    pid, other = identity(1)[1], identity(2)[1]
+    raw = _txt(
+        f"dnsaddr=/ip4/127.0.0.1/tcp/4001/p2p/{pid}",
+        f"dnsaddr=/ip4/192.168.1.5/tcp/4001/p2p/{pid}",
+        f"dnsaddr=/ip4/192.168.1.5/tcp/4001/p2p/{pid}",  # duplicate: kept once
+        f"dnsaddr=/ip4/10.0.0.1/tcp/4001/p2p/{other}",  # another peer: skipped
+        f"dnsaddr=/ip4/1.2.3.4/tcp/1/p2p/{other}/p2p-circuit/p2p/{pid}",  # circuit: skipped
+        f"dnsaddr=/ip4/0.0.0.0/tcp/4001/p2p/{pid}",  # unspecified: skipped
+        f"dnsaddr=/ip4/10.0.0.2/tcp/4001/ws/p2p/{pid}",  # websocket: skipped
+        "dnsaddr=not a multiaddr",
+        "something=else",
+    )
+    assert parse_txt(raw) == MdnsPeer(pid, (Multiaddr(f"/ip4/127.0.0.1/tcp/4001/p2p/{pid}"),
+                                            Multiaddr(f"/ip4/192.168.1.5/tcp/4001/p2p/{pid}")))
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xff" + b"x" * 10, b"\x05junk!", b"\x00\x00", _txt("dnsaddr=\xff\xfe"),
+                                 _txt("dnsaddr=/ip4/10.0.0.1/tcp/1")])  # no /p2p/: no peer id
+def test_parse_txt_without_a_usable_address_is_none(raw):
+    from prozchain_discovery.bootstrap.mdns import parse_txt
+
+    assert parse_txt(raw) is None
+
+
+def test_parse_txt_is_bounded():
+    from prozchain_discovery.bootstrap.mdns import MAX_TXT_STRINGS, parse_txt
+
+    pid = identity(3)[1]
+    raw = _txt(*(f"dnsaddr=/ip4/127.0.0.1/tcp/{4000 + i}/p2p/{pid}" for i in range(300)))
+    peer = parse_txt(raw)
+    assert peer is not None and len(peer.addrs) <= MAX_TXT_STRINGS
+
+
+def test_a_txt_cached_with_the_ptr_resolves_without_srv():
+    """What js-libp2p answers: the TXT zeroconf cached with the PTR is enough."""
+    from zeroconf import DNSCache, DNSText
+
+    from prozchain_discovery.bootstrap.mdns import cached_txt_peer
+
+    pid = identity(4)[1]
+    cache = DNSCache()
+    cache.async_add_records([DNSText(name(4), 16, 1, 4500, _txt(f"dnsaddr=/ip4/127.0.0.1/tcp/4004/p2p/{pid}"))])
+
+    class CacheOnly:
+        def __init__(self) -> None:
+            self.cache = cache
+
+    assert cached_txt_peer(CacheOnly(), name(4)) == MdnsPeer(pid, (Multiaddr(f"/ip4/127.0.0.1/tcp/4004/p2p/{pid}"),))
+    assert cached_txt_peer(CacheOnly(), name(5)) is None

@@ -11,6 +11,14 @@ spec says; unspecified (``0.0.0.0``), circuit, websocket and webrtc addresses ar
 Peers are read from TXT ``dnsaddr=`` strings, or, for implementations that answer SRV + A only,
 from the service's addresses and port (the peer id then comes from the TXT or instance name).
 
+js-libp2p (and go-libp2p) answer a PTR query with the PTR and a TXT record only — no SRV, no A —
+and zeroconf's ``get_service_info`` waits for an SRV that never comes. So a name is first
+resolved from the TXT record zeroconf already cached with the PTR (:func:`parse_txt`: every
+``dnsaddr=`` string, not zeroconf's properties dict, which keeps one value per key), and only
+then by asking for the service info. The TXT is bounded (``MAX_TXT_STRINGS`` strings, each a
+multiaddr with the same ``/p2p/<id>``; circuit, websocket, webrtc and unspecified addresses are
+skipped, as in what we advertise).
+
 Bounds (issue #8): a LAN — or one spoofer — can announce names faster than we resolve them, so
 
 * at most ``max_resolves`` (4) names are resolved at once, by that many worker tasks;
@@ -41,13 +49,16 @@ from multiaddr import Multiaddr
 
 from ..addrs import AddrScope, peer_id_of, scope_of, strip_p2p
 
-__all__ = ["MdnsPeer", "MdnsDiscovery", "SERVICE_TYPE", "Resolver", "Requerier", "send_ptr_query"]
+__all__ = ["MdnsPeer", "MdnsDiscovery", "SERVICE_TYPE", "Resolver", "Requerier", "send_ptr_query", "parse_txt"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_p2p._udp.local."
 _SKIP = ("p2p-circuit", "ws", "wss", "webrtc", "webrtc-direct", "webtransport")
 _TYPE_PTR = 12  # RFC 1035
+_TYPE_TXT = 16
+MAX_TXT_STRINGS = 64  # dnsaddr strings read from one TXT record (a record holds at most 64 addresses)
+MAX_TXT_BYTES = 9000  # a multicast DNS message is at most 9000 bytes (RFC 6762 §17)
 _CLASS_IN = 1
 _FLAGS_QUERY = 0x0000
 RESOLVE_TIMEOUT_MS = 3000
@@ -95,6 +106,72 @@ def parse_service(properties: dict[Any, Any], addresses: Sequence[str], port: in
     if not addrs and port:
         addrs = [Multiaddr(f"/ip4/{ip}/tcp/{port}/p2p/{peer}") for ip in addresses if ":" not in ip]
     return MdnsPeer(peer, tuple(addrs)) if addrs else None
+
+
+def _dnsaddr(value: str, peer: ID | None) -> tuple[ID, Multiaddr] | None:
+    """One ``dnsaddr=`` value as (peer id, multiaddr), or None if it is unusable or names another peer."""
+    try:
+        ma = Multiaddr(value)
+        pid = peer_id_of(ma)
+        if pid is None or (peer is not None and pid != peer):
+            return None
+        transport = strip_p2p(ma)
+        if any(p.name in _SKIP for p in transport.protocols()):
+            return None
+        if scope_of(transport) in (AddrScope.UNSPECIFIED, AddrScope.OTHER):
+            return None
+    except Exception:
+        return None
+    return pid, ma
+
+
+def parse_txt(text: bytes) -> MdnsPeer | None:
+    """A peer from the raw rdata of a TXT record: length-prefixed ``dnsaddr=<multiaddr>`` strings.
+
+    What js-libp2p and go-libp2p send instead of SRV + A. Bounded: at most ``MAX_TXT_BYTES`` of
+    rdata and ``MAX_TXT_STRINGS`` dnsaddr strings are read; strings that do not parse, name
+    another peer than the first good one, or hold circuit / websocket / webrtc / unspecified
+    addresses are skipped. Never raises.
+    """
+    data = bytes(text[:MAX_TXT_BYTES])
+    pos = 0
+    peer: ID | None = None
+    addrs: list[Multiaddr] = []
+    strings = 0
+    while pos < len(data) and strings < MAX_TXT_STRINGS:
+        n = data[pos]
+        item = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        if len(item) < n or not item.startswith(b"dnsaddr="):
+            continue
+        strings += 1
+        try:
+            value = item[len(b"dnsaddr="):].decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        found = _dnsaddr(value, peer)
+        if found is None:
+            continue
+        peer = found[0]
+        if found[1] not in addrs:
+            addrs.append(found[1])
+    return MdnsPeer(peer, tuple(addrs)) if peer is not None and addrs else None
+
+
+def cached_txt_peer(zc: Any, name: str) -> MdnsPeer | None:
+    """The peer in a TXT record for ``name`` that zeroconf already cached (it came with the PTR).
+
+    Call it through ``trio.to_thread``, as every zeroconf call here.
+    """
+    from zeroconf import DNSText, current_time_millis
+
+    now = current_time_millis()
+    for record in zc.cache.get_all_by_details(name, _TYPE_TXT, _CLASS_IN):
+        if isinstance(record, DNSText) and not record.is_expired(now):
+            peer = parse_txt(record.text)
+            if peer is not None:
+                return peer
+    return None
 
 
 Resolver = Callable[[str], Awaitable[MdnsPeer | None]]
@@ -364,11 +441,20 @@ class MdnsDiscovery:
 
 
 async def _zc_resolve(zc: Any, name: str) -> MdnsPeer | None:
+    # js/go answer PTR + TXT only: use the TXT zeroconf cached with the PTR before asking for
+    # an SRV that may never come.
+    peer: MdnsPeer | None = await trio.to_thread.run_sync(cached_txt_peer, zc, name)
+    if peer is not None:
+        return peer
     info = await trio.to_thread.run_sync(  # type: ignore[call-arg]
         zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS, abandon_on_cancel=True
     )
     if info is None:
-        return None
+        # The TXT may have arrived while we waited (an answer to zeroconf's own queries).
+        return await trio.to_thread.run_sync(cached_txt_peer, zc, name)
+    peer = parse_txt(info.text) if info.text else None
+    if peer is not None:
+        return peer
     try:
         addresses = info.parsed_addresses()
     except Exception:
