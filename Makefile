@@ -37,6 +37,8 @@ system-deps:
 	@if command -v npm >/dev/null 2>&1; then \
 	  [ interop/js/node_modules/.package-lock.json -nt interop/js/package-lock.json ] || \
 	  (cd interop/js && npm ci --no-audit --no-fund --loglevel=error) || echo "warning: npm ci in interop/js failed"; \
+	  [ interop/autonat_v2/node_modules/.package-lock.json -nt interop/autonat_v2/package-lock.json ] || \
+	  (cd interop/autonat_v2 && npm ci --no-audit --no-fund --loglevel=error) || echo "warning: npm ci in interop/autonat_v2 failed"; \
 	else echo "note: install Node.js 20 and npm to run the js-libp2p interop tests"; fi
 
 lint: $(STAMP)
@@ -67,7 +69,7 @@ protos:
 	tmp=$$(mktemp -d); /tmp/prozchain-protoc/bin/python -m grpc_tools.protoc \
 	  --proto_path=prozchain/discovery/v1=protocols --python_out=$$tmp --pyi_out=$$tmp \
 	  prozchain/discovery/v1/bootstrap.proto prozchain/discovery/v1/pex.proto \
-	  prozchain/discovery/v1/stun-service.proto && \
+	  prozchain/discovery/v1/autonat-v2.proto prozchain/discovery/v1/stun-service.proto && \
 	  mv $$tmp/prozchain/discovery/v1/* prozchain_discovery/wire/pb/ && rm -rf $$tmp
 
 clean:

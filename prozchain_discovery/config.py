@@ -197,8 +197,23 @@ class NatSettings:
     serve_stun_port: int = 0
     # With no ``stun_servers``, classify with peers that serve STUN (/prozchain/stun/1.0).
     stun_from_peers: bool = True
+    # AutoNAT v2 (nat/autonat.py): serve dial-backs to peers, ask peers to dial us back. An
+    # address flips after ``autonat_confirmations`` distinct servers agree; confirmed ones are
+    # asked again every ``autonat_reprobe_interval``. ``autonat_allow_private`` lets the server
+    # dial (and the client offer) private and loopback addresses: for a network that lives on
+    # one (labs, tests), never on the internet.
+    autonat_server: bool = True
+    autonat_client: bool = True
+    autonat_confirmations: int = 3
+    autonat_reprobe_interval: float = 3600.0
+    autonat_dial_back_timeout: float = 10.0
+    autonat_allow_private: bool = False
 
     def validate(self, prefix: str) -> None:
+        if self.autonat_confirmations < 1:
+            raise ConfigError(f"{prefix}.autonat_confirmations", "must be at least 1")
+        _positive(f"{prefix}.autonat_reprobe_interval", self.autonat_reprobe_interval)
+        _positive(f"{prefix}.autonat_dial_back_timeout", self.autonat_dial_back_timeout)
         for i, text in enumerate(self.stun_servers):
             try:
                 parse_stun_server(text)

@@ -26,7 +26,7 @@ import trio
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from .nat.status import NatStatus
+from .nat.status import NatStatus, Reachability
 
 __all__ = [
     "EventBus",
@@ -40,6 +40,7 @@ __all__ = [
     "ListenAddressesChanged",
     "LocalAddressesChanged",
     "NatStatusChanged",
+    "ReachabilityConfirmed",
     "WrongNetwork",
     "Misbehaved",
 ]
@@ -108,6 +109,20 @@ class NatStatusChanged:
     """The NAT component's view changed (classification, port mappings, reachability)."""
 
     status: NatStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ReachabilityConfirmed:
+    """AutoNAT v2 dial-backs (nat/autonat.py) changed what we know; the NAT component merges it
+    into :class:`NatStatusChanged` (a dial-back verdict wins over STUN and port-mapping guesses).
+
+    ``reachability`` is UNKNOWN until some address is confirmed; ``evidence`` says which
+    servers dialed which address, and when; ``reachable`` lists the confirmed addresses.
+    """
+
+    reachability: Reachability
+    evidence: tuple[str, ...]
+    reachable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

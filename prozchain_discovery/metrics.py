@@ -46,6 +46,11 @@ HELP = {
     "join_seconds": "Time from start to min_peers_for_startup connected peers",
     "pex_round_trip_seconds": "PEX request to verified-free response, on an open connection",
     "bootstrap_round_trip_seconds": "Bootstrap request to response, on an open connection",
+    "autonat_dial_backs": "AutoNAT v2 requests served, by result (ok, dial_error, refused, rejected, unpaid...)",
+    "autonat_probes": "AutoNAT v2 dial-back probes of our addresses, by outcome",
+    "autonat_dial_backs_received": "AutoNAT v2 dial-back streams received, by result (ok, unknown_nonce, bad)",
+    "autonat_dial_data_paid": "Bytes of AutoNAT v2 dial data we paid to servers (amplification guard)",
+    "autonat_dial_back_missing": "Servers that said they dialed us back but whose nonce never came",
 }
 
 

@@ -42,6 +42,7 @@ from .dialer.dialer import AddrFilter, Dialer, loopback_only
 from .events import EventBus
 from .guard import InboundGuard
 from .metrics import Metrics
+from .nat.autonat import AutonatService
 from .nat.service import NatService
 from .nat.stun_io import classify_nat
 from .outbound.manager import OutboundManager
@@ -122,6 +123,13 @@ class DiscoveryService:
             serve_stun_port=cfg.nat.serve_stun_port,
             stun_from_peers=cfg.nat.stun_from_peers,
         )
+        self.autonat = AutonatService(
+            host, bus=bus, metrics=metrics, connections=conns, book=book, rng=rng,
+            server=cfg.nat.autonat_server, client=cfg.nat.autonat_client,
+            confirmations=cfg.nat.autonat_confirmations, reprobe_interval=cfg.nat.autonat_reprobe_interval,
+            dial_back_timeout=cfg.nat.autonat_dial_back_timeout, allow_private=cfg.nat.autonat_allow_private,
+            addr_filter=addr_filter,
+        )
         self.status_writer = StatusWriter(
             self.status, data_dir=self.data_dir, interval=cfg.status_interval, metrics=metrics
         )
@@ -168,6 +176,8 @@ class DiscoveryService:
         self.host.set_stream_handler(BOOTSTRAP_PROTOCOL, self.bootstrap_server.handle)  # type: ignore[arg-type]
         if self.config.pex.enabled:
             self.host.set_stream_handler(PEX_PROTOCOL, self.pex.handle)  # type: ignore[arg-type]
+        for proto, handler in self.autonat.handlers().items():
+            self.host.set_stream_handler(proto, handler)  # type: ignore[arg-type]
         network = self.host.get_network()
         network.register_notifee(self.connections.notifee)
         self.connections.adopt_existing()
@@ -184,6 +194,8 @@ class DiscoveryService:
             self.host.remove_stream_handler(BOOTSTRAP_PROTOCOL)  # type: ignore[arg-type]
             if self.config.pex.enabled:
                 self.host.remove_stream_handler(PEX_PROTOCOL)  # type: ignore[arg-type]
+            for proto in self.autonat.handlers():
+                self.host.remove_stream_handler(proto)  # type: ignore[arg-type]
             _unregister_notifee(network, self.connections.notifee)
             with trio.CancelScope(shield=True):
                 await self.book.close()
@@ -196,6 +208,8 @@ class DiscoveryService:
             running.append(self.pex)
         if self.config.bootstrap.enable_local_discovery:
             running.append(self.local)
+        if self.config.nat.autonat_server or self.config.nat.autonat_client:
+            running.append(self.autonat)
         running.append(self.status_writer)
         return running
 
@@ -209,7 +223,7 @@ class DiscoveryService:
             "uptime": round(now - self.started_at, 3),
         }
         for part in (self.connections, self.cascade, self.dialer, self.book, self.addresses,
-                     self.static, self.outbound, self.guard, self.local, self.nat):
+                     self.static, self.outbound, self.guard, self.local, self.nat, self.autonat):
             st.update(part.status())
         if st["phase"] == "waiting" and st["connected"] >= self.min_peers:
             st["phase"] = "done"

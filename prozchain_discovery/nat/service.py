@@ -27,6 +27,7 @@ from ..events import (
     NatStatusChanged,
     ObservedAddress,
     PeerConnected,
+    ReachabilityConfirmed,
     Wakeup,
 )
 from ..metrics import Metrics
@@ -88,6 +89,8 @@ class NatService:
         bus.subscribe(LocalAddressesChanged, lambda _ev: self._wake.set())
         bus.subscribe(ObservedAddress, self._on_observed)
         bus.subscribe(PeerConnected, self._on_peer_connected)
+        self._dial_back: ReachabilityConfirmed | None = None  # AutoNAT v2 (nat/autonat.py)
+        bus.subscribe(ReachabilityConfirmed, self._on_dial_back)
 
     def _on_peer_connected(self, _ev: PeerConnected) -> None:
         if self._waiting_for_stun_peers:  # it may serve STUN (identify tells in a moment)
@@ -139,7 +142,21 @@ class NatService:
                 log.warning("NAT: STUN and observed addresses %s", check)
             self._publish(replace(st, details=details))
 
+    def _on_dial_back(self, ev: ReachabilityConfirmed) -> None:
+        self._dial_back = ev
+        self._publish(self.status_value)
+
+    def _with_dial_back(self, status: NatStatus) -> NatStatus:
+        """A confirmed dial-back verdict wins over STUN and port-mapping guesses."""
+        ev = self._dial_back
+        if ev is None:
+            return status
+        evidence = tuple(e for e in status.evidence if not e.startswith("autonat")) + ev.evidence
+        reach = status.reachability if ev.reachability is Reachability.UNKNOWN else ev.reachability
+        return replace(status, reachability=reach, evidence=evidence)
+
     def _publish(self, status: NatStatus) -> None:
+        status = self._with_dial_back(status)
         if status == self.status_value and status.details == self.status_value.details:
             return
         self.status_value = status
