@@ -69,7 +69,8 @@ protos:
 	tmp=$$(mktemp -d); /tmp/prozchain-protoc/bin/python -m grpc_tools.protoc \
 	  --proto_path=prozchain/discovery/v1=protocols --python_out=$$tmp --pyi_out=$$tmp \
 	  prozchain/discovery/v1/bootstrap.proto prozchain/discovery/v1/pex.proto \
-	  prozchain/discovery/v1/autonat-v2.proto prozchain/discovery/v1/stun-service.proto && \
+	  prozchain/discovery/v1/autonat-v2.proto prozchain/discovery/v1/stun-service.proto \
+	  prozchain/discovery/v1/dcutr.proto && \
 	  mv $$tmp/prozchain/discovery/v1/* prozchain_discovery/wire/pb/ && rm -rf $$tmp
 
 clean:

@@ -45,6 +45,7 @@ __all__ = [
     "PeerDbSettings",
     "ServerConfig",
     "NatSettings",
+    "HolepunchSettings",
     "parse_stun_server",
     "DiscoveryConfig",
     "load_config",
@@ -225,6 +226,19 @@ class NatSettings:
 
 
 @dataclass(frozen=True)
+class HolepunchSettings:
+    """DCUtR hole punching over relayed connections (holepunch/): ``attempts`` CONNECT/SYNC
+    rounds per relayed connection (the spec's and go-libp2p's 3)."""
+
+    enabled: bool = True
+    attempts: int = 3
+
+    def validate(self, prefix: str) -> None:
+        if not 1 <= self.attempts <= 10:
+            raise ConfigError(f"{prefix}.attempts", "must be 1..10")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How this node answers others."""
 
@@ -250,6 +264,7 @@ class DiscoveryConfig:
     peerdb: PeerDbSettings = field(default_factory=PeerDbSettings)
     server: ServerConfig = field(default_factory=ServerConfig)
     nat: NatSettings = field(default_factory=NatSettings)
+    holepunch: HolepunchSettings = field(default_factory=HolepunchSettings)
 
     def validate(self) -> DiscoveryConfig:
         check_network_id(self.network_id)
@@ -264,6 +279,7 @@ class DiscoveryConfig:
         self.peerdb.validate("peerdb")
         self.server.validate("server")
         self.nat.validate("nat")
+        self.holepunch.validate("holepunch")
         return self
 
     def replace(self, **changes: Any) -> DiscoveryConfig:

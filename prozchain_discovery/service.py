@@ -41,6 +41,9 @@ from .connections import ConnectionTracker
 from .dialer.dialer import AddrFilter, Dialer, loopback_only
 from .events import EventBus
 from .guard import InboundGuard
+from .holepunch.schedule import HolepunchNotSupported, HolepunchParams
+from .holepunch.service import PROTOCOL_ID as DCUTR_PROTOCOL
+from .holepunch.service import HolepunchResult, HolepunchService
 from .metrics import Metrics
 from .nat.autonat import AutonatService
 from .nat.service import NatService
@@ -130,6 +133,10 @@ class DiscoveryService:
             dial_back_timeout=cfg.nat.autonat_dial_back_timeout, allow_private=cfg.nat.autonat_allow_private,
             addr_filter=addr_filter,
         )
+        self.holepunch = HolepunchService(
+            host, bus=bus, metrics=metrics, enabled=cfg.holepunch.enabled,
+            params=HolepunchParams(max_attempts=cfg.holepunch.attempts),
+        )
         self.status_writer = StatusWriter(
             self.status, data_dir=self.data_dir, interval=cfg.status_interval, metrics=metrics
         )
@@ -164,6 +171,11 @@ class DiscoveryService:
     async def dial(self, peer_id: ID, addrs: Iterable[multiaddr.Multiaddr], source: PeerSource) -> bool:
         return await self.dialer.dial(peer_id, addrs, source)
 
+    def holepunch_result(self, peer_id: ID) -> HolepunchResult | HolepunchNotSupported | None:
+        """How hole punching with ``peer_id`` went: :class:`HolepunchNotSupported` when a
+        symmetric NAT keeps the pair relayed; None if no DCUtR session ran."""
+        return self.holepunch.result(peer_id)
+
     async def request_peers(self, peer_id: ID) -> int:
         """One PEX exchange with a connected peer; returns how many records were accepted."""
         return await self.pex.request_peers(peer_id)
@@ -178,6 +190,8 @@ class DiscoveryService:
             self.host.set_stream_handler(PEX_PROTOCOL, self.pex.handle)  # type: ignore[arg-type]
         for proto, handler in self.autonat.handlers().items():
             self.host.set_stream_handler(proto, handler)  # type: ignore[arg-type]
+        if self.config.holepunch.enabled:
+            self.host.set_stream_handler(DCUTR_PROTOCOL, self.holepunch.handle)  # type: ignore[arg-type]
         network = self.host.get_network()
         network.register_notifee(self.connections.notifee)
         self.connections.adopt_existing()
@@ -196,6 +210,8 @@ class DiscoveryService:
                 self.host.remove_stream_handler(PEX_PROTOCOL)  # type: ignore[arg-type]
             for proto in self.autonat.handlers():
                 self.host.remove_stream_handler(proto)  # type: ignore[arg-type]
+            if self.config.holepunch.enabled:
+                self.host.remove_stream_handler(DCUTR_PROTOCOL)  # type: ignore[arg-type]
             _unregister_notifee(network, self.connections.notifee)
             with trio.CancelScope(shield=True):
                 await self.book.close()
@@ -210,6 +226,8 @@ class DiscoveryService:
             running.append(self.local)
         if self.config.nat.autonat_server or self.config.nat.autonat_client:
             running.append(self.autonat)
+        if self.config.holepunch.enabled:
+            running.append(self.holepunch)
         running.append(self.status_writer)
         return running
 
@@ -225,6 +243,7 @@ class DiscoveryService:
         for part in (self.connections, self.cascade, self.dialer, self.book, self.addresses,
                      self.static, self.outbound, self.guard, self.local, self.nat, self.autonat):
             st.update(part.status())
+        st.update(self.holepunch.status())
         if st["phase"] == "waiting" and st["connected"] >= self.min_peers:
             st["phase"] = "done"
         st["events"] = dict(self.bus.published)

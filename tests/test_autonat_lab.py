@@ -107,9 +107,12 @@ def test_reachability_by_dial_back_public_cone_symmetric_and_upnp(natlab, tmp_pa
             assert any(f"/ip4/{lab.routers[router].wan_ip}/tcp/{PORT} unreachable" in e for e in ev[n]), ev[n]
         for n in want:
             assert all("confirmed by 3 servers" in e for e in ev[n]), ev[n]
-        served = sum(int(v) for s in SERVERS for k, v in nodes[s].status().get("metrics", {}).items()
-                     if k.startswith("autonat_dial_backs{"))
-        assert served >= 12
+        def served() -> int:
+            return sum(int(v) for s in SERVERS for k, v in nodes[s].status().get("metrics", {}).items()
+                       if k.startswith("autonat_dial_backs{"))
+
+        # 4 clients x 3 servers; the servers' status.json is rewritten periodically, so wait for it
+        _wait(lambda: served() >= 12, 10, f"the servers' dial-back counts ({served()})")
     finally:
         logs = {n: node.stop() for n, node in nodes.items()}
     for n, node in nodes.items():

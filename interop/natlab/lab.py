@@ -11,6 +11,16 @@ Topology (every name below is a network namespace ``pzl-<name>``; routers are ``
             LAN 10.0.1.0/24            LAN 10.0.2.0/24             LAN 10.0.3.0/24
             cone1 .2, cone2 .3         sym1 .2                     upnp1 .2
 
+            rcone2 WAN 203.0.113.120   rsym2 WAN 192.0.2.120
+            MASQUERADE ("cone")        MASQUERADE --random-fully
+            LAN 10.0.4.0/24            LAN 10.0.5.0/24
+            cone3 .2                   sym2 .2
+
+* Router keys in :attr:`Lab.routers` are the namespace names without ``pzl-r``: ``cone``,
+  ``sym``, ``upnp``, ``cone2``, ``sym2``. Host names win in :meth:`Lab.ns`: ``ns("cone2")`` is
+  the *client* cone2 behind rcone, ``ns("rcone2")`` the second cone router; ``ns("sym2")`` is
+  the client behind rsym2.
+
 * Public hosts use only the documentation ranges (192.0.2/24, 198.51.100/24, 203.0.113/24), so
   they fall in three different /16 network groups; the project's ``addrs.scope_of`` counts them
   as public. A fourth group would need an explicit scope policy, not a real public range.
@@ -103,6 +113,10 @@ ROUTERS: tuple[tuple[str, str, str, str, str, bool, tuple[tuple[str, int], ...]]
     ("cone", "cone", "192.0.2.100", "192.0.2.96/28", "10.0.1.0/24", False, (("cone1", 2), ("cone2", 3))),
     ("sym", "symmetric", "203.0.113.100", "203.0.113.96/28", "10.0.2.0/24", False, (("sym1", 2),)),
     ("upnp", "cone", "198.51.100.100", "198.51.100.96/28", "10.0.3.0/24", True, (("upnp1", 2),)),
+    # Second cone and symmetric routers (hole punching between two NATs of one kind), each in a
+    # different /16 from its twin: only three documentation /16s exist, so groups repeat.
+    ("cone2", "cone", "203.0.113.120", "203.0.113.112/28", "10.0.4.0/24", False, (("cone3", 2),)),
+    ("sym2", "symmetric", "192.0.2.120", "192.0.2.112/28", "10.0.5.0/24", False, (("sym2", 2),)),
 )
 
 REQUIRED_COMMANDS: dict[str, str] = {  # command -> Debian package

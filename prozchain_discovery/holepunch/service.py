@@ -1,0 +1,653 @@
+"""``HolepunchService``: DCUtR (``/libp2p/dcutr``) over relayed connections, TCP simultaneous open.
+
+Why our own DCUtR and not py-libp2p 0.8.1's ``DCUtRProtocol`` wrapped: its fixes would have to
+reach inside it everywhere — it punches from both sides (overlapping sessions collide), first
+waits up to ``dial_timeout`` (10 s) on a plain dial, runs its dials through the swarm's retrying
+``dial_addr``, re-runs rounds on its own clock, keeps the relay leg 60 s, and has no notion of a
+symmetric NAT. What we keep from py-libp2p is the part that works: the TCP transport's
+``dial_with_source`` (an outbound socket bound to the listen port with SO_REUSEPORT, so the NAT
+maps the punch to the port we advertised) and the swarm's ``upgrade_*_raw_conn``.
+
+The flow (schedule.py has the rules and the reasons):
+
+* A relayed connection opens (``PeerConnected`` whose address has ``/p2p-circuit``). If we
+  accepted it we drive: per attempt, a fresh stream, CONNECT (our predicted addresses: each WAN
+  IP we were observed at, with our TCP listen port, and our NAT class), the peer's CONNECT back
+  (RTT), then SYNC, ``RTT/2`` later a dial from our listen port to each of its addresses. The
+  peer dials us the moment SYNC arrives. The SYNs cross; the kernel makes one connection of the
+  two dials. Roles on it follow the spec: the driver upgrades it as the security *responder*,
+  the other side as the initiator.
+* The first direct connection wins; the other dials are cancelled, and the relayed connection is
+  closed after ``relay_close_grace`` (streams already on it may finish; new ones go direct).
+* A symmetric NAT on either side: no punch, the pair stays relayed and :meth:`result` says
+  :class:`HolepunchNotSupported` (both sides know it after one CONNECT exchange); against a
+  directly dialable peer, the symmetric side dials it instead (connection reversal).
+* Round trips are expensive here (RTT/2 is the spec's; the rest is not): multistream-select is
+  pipelined with CONNECT on the relayed stream, and with Noise's first message on the punched
+  connection (:class:`_LazySelect`), as go-libp2p's lazy select does; py-libp2p waits for every
+  echo. Each saves a round trip (bench/RESULTS.md).
+* QUIC is not punched: py-libp2p 0.8.1's QUIC upgrade cannot take the responder role, and its
+  observed addresses are never recorded for QUIC (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.io.exceptions import IncompleteReadError, IOException
+from libp2p.peer.id import ID
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.utils import encode_delim
+from multiaddr import Multiaddr
+
+from ..addrs import AddrScope, ip_of, is_relayed, port_of, scope_of, strip_p2p
+from ..events import EventBus, NatStatusChanged, ObservedAddress, PeerConnected, Wakeup
+from ..metrics import Metrics
+from ..wire.framing import FrameDecoder, FrameError
+from .messages import (
+    PROTOCOL_ID,
+    Connect,
+    DcutrProtocolError,
+    decode_connect,
+    decode_sync,
+    encode_connect,
+    encode_sync,
+)
+from .schedule import (
+    AttemptSchedule,
+    HolepunchNotSupported,
+    HolepunchParams,
+    PairPlan,
+    PunchBook,
+    StepKind,
+    Verdict,
+    drives,
+    plan_pair,
+)
+
+__all__ = ["HolepunchService", "HolepunchResult", "PROTOCOL_ID"]
+
+log = logging.getLogger("prozchain_discovery.holepunch")
+
+MAX_OBSERVED_IPS = 8
+MULTISTREAM = "/multistream/1.0.0"
+MAX_RESPONDER_SESSIONS = 16
+
+
+@dataclass(frozen=True)
+class HolepunchResult:
+    """How the last DCUtR session with a peer ended (``outcome``: direct, failed, reversal)."""
+
+    outcome: str
+    attempts: int
+    rtts: tuple[float, ...]
+    time_to_direct: float | None
+    remote_addr: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"result": self.outcome, "attempts": self.attempts,
+                "rtts_ms": [round(r * 1000, 1) for r in self.rtts],
+                "time_to_direct_s": None if self.time_to_direct is None else round(self.time_to_direct, 3),
+                "remote_addr": self.remote_addr}
+
+
+class _Stream:
+    """A DCUtR stream: frames read through one decoder, so bytes of the next message are kept."""
+
+    def __init__(self, stream: INetStream, max_message: int) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder(max_message)
+
+    async def read(self) -> bytes:
+        while True:
+            frame = self.decoder.next_frame()
+            if frame is not None:
+                return frame
+            try:
+                data = await self.stream.read(4096)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # StreamEOF / StreamReset / closed
+                raise DcutrProtocolError(f"stream ended: {type(exc).__name__}") from None
+            if not data:
+                raise DcutrProtocolError("stream ended")
+            try:
+                self.decoder.feed(data)
+            except FrameError as exc:
+                raise DcutrProtocolError(str(exc)) from None
+
+    async def write(self, data: bytes) -> None:
+        await self.stream.write(data)
+
+    async def close(self) -> None:
+        try:
+            await self.stream.close()
+        except Exception:  # already reset by the peer
+            pass
+
+
+class _LazySelect:
+    """The dialing side's multistream-select for the security protocol, without waiting.
+
+    py-libp2p's upgrader sends ``/multistream/1.0.0`` and ``/noise`` and waits for both echoes
+    before Noise starts: a round trip. Here, as go-libp2p's lazy client does, the two messages go
+    out and are echoed back locally at once, so Noise's first message follows without waiting;
+    the real echoes are checked (and dropped) when the peer's first bytes arrive — an ``na``
+    fails the connection there. Saves a direct round trip on every punched connection. Wraps
+    the raw connection's stream (``RawConnection.stream``); pass-through after the handshake.
+    (The muxer's select needs no such help: the peer that measures the punch, the driver, is
+    done as soon as the Yamux proposal arrives, and that follows Noise's last message anyway.)"""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._pending = b""  # the client's select messages until both are complete
+        self._sent = False
+        self._fake = bytearray()  # echoes handed to the local client before the peer sent them
+        self._expect = b""  # what the peer must send first (the real echoes)
+        self._checked = False
+
+    async def write(self, data: bytes) -> None:
+        if self._sent:
+            await self.inner.write(data)
+            return
+        self._pending += data
+        if _delimited_count(self._pending) < 2:  # header alone: answer it, wait for the protocol
+            self._fake += data
+            return
+        self._sent = True
+        out, self._pending = self._pending, b""
+        self._fake += data
+        self._expect = out
+        await self.inner.write(out)
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._fake:
+            k = len(self._fake) if n is None else min(n, len(self._fake))
+            out = bytes(self._fake[:k])
+            del self._fake[:k]
+            return out
+        if not self._checked and self._expect:
+            got = b""
+            while len(got) < len(self._expect):
+                chunk = await self.inner.read(len(self._expect) - len(got))
+                if not chunk:
+                    raise IncompleteReadError("connection closed during multistream-select")
+                got += chunk
+            if got != self._expect:
+                raise IOException("the peer refused the security protocol (multistream-select)")
+            self._checked = True
+        return bytes(await self.inner.read(n))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # get_remote_address, get_local_address, ...
+        return getattr(self.inner, name)
+
+
+class HolepunchService:
+    """The hole-punch component (docs/architecture.md): one task, per-peer sessions in its nursery."""
+
+    def __init__(
+        self,
+        host: IHost,
+        *,
+        bus: EventBus,
+        metrics: Metrics,
+        params: HolepunchParams | None = None,
+        enabled: bool = True,
+        relay_close_grace: float = 2.0,
+    ) -> None:
+        self.host = host
+        self.bus = bus
+        self.metrics = metrics
+        self.params = (params or HolepunchParams()).validate()
+        self.enabled = enabled
+        self.relay_close_grace = relay_close_grace
+        self.book: PunchBook[ID] = PunchBook(self.params)
+        self.nat_type = "unknown"
+        self._external: tuple[str, ...] = ()
+        self._observed_ips: dict[str, float] = {}  # WAN IP -> last seen (bounded)
+        self._pending: dict[ID, None] = {}  # peers whose relayed connection we should upgrade
+        self._results: dict[ID, HolepunchResult] = {}
+        self._responding: set[ID] = set()
+        self._unsupported: set[ID] = set()  # answered "na" to /libp2p/dcutr: no more attempts
+        self._wake = Wakeup()
+        self._nursery: trio.Nursery | None = None
+        bus.subscribe(PeerConnected, self._on_connected)
+        bus.subscribe(NatStatusChanged, self._on_nat)
+        bus.subscribe(ObservedAddress, self._on_observed)
+
+    # ---- events -------------------------------------------------------------------------------
+    def _on_nat(self, ev: NatStatusChanged) -> None:
+        if ev.status.nat_type != self.nat_type:
+            self.book.forget_not_supported()
+        self.nat_type = ev.status.nat_type
+        self._external = ev.status.external_addrs
+
+    def _on_observed(self, ev: ObservedAddress) -> None:
+        ip = ip_of(ev.addr)
+        if ip is not None and not is_relayed(ev.addr) and scope_of(ev.addr) is AddrScope.PUBLIC:
+            self._note_ip(str(ip))
+
+    def _note_ip(self, ip: str) -> None:
+        self._observed_ips.pop(ip, None)
+        self._observed_ips[ip] = trio.current_time()
+        while len(self._observed_ips) > MAX_OBSERVED_IPS:
+            del self._observed_ips[next(iter(self._observed_ips))]
+
+    def _on_connected(self, ev: PeerConnected) -> None:
+        if not self.enabled or ev.addr is None or not is_relayed(ev.addr):
+            return
+        if not drives(relayed_inbound=not ev.outbound):
+            return
+        if len(self._pending) < self.params.max_peers:
+            self._pending[ev.peer_id] = None
+            self._wake.set()
+
+    # ---- public API ---------------------------------------------------------------------------
+    def result(self, peer_id: ID) -> HolepunchResult | HolepunchNotSupported | None:
+        """The last session's result with ``peer_id``; :class:`HolepunchNotSupported` when the
+        pair cannot be punched (it stays relayed); None if no session ran."""
+        why = self.book.not_supported(peer_id, trio.current_time())
+        if why is not None:
+            return why
+        return self._results.get(peer_id)
+
+    def has_direct_connection(self, peer_id: ID) -> bool:
+        return self._direct_conn(peer_id) is not None
+
+    async def punch(self, peer_id: ID) -> HolepunchResult | HolepunchNotSupported | None:
+        """Run one driving session now (the automatic path calls this for relayed inbound
+        connections); returns :meth:`result`. Refused (returns the current result) while a
+        session runs or the peer is backing off."""
+        await self._session(peer_id)
+        return self.result(peer_id)
+
+    # ---- the component's task -------------------------------------------------------------------
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                while True:
+                    deadline = self.book.next_deadline()
+                    await self._wake.wait_until(deadline)
+                    self.book.on_timer(trio.current_time())
+                    pending, self._pending = list(self._pending), {}
+                    for peer in pending:
+                        nursery.start_soon(self._session, peer)
+            finally:
+                self._nursery = None
+
+    # ---- driving side -----------------------------------------------------------------------------
+    async def _session(self, peer: ID) -> None:
+        now = trio.current_time()
+        if self._direct_conn(peer) is not None or self._relayed_conns(peer) == []:
+            return
+        if not self.book.begin(peer, now):
+            if self.book.verdict(peer, now) is Verdict.NOT_SUPPORTED:
+                self.metrics.inc("holepunch_not_supported")
+            return
+        sched = AttemptSchedule(self.nat_type, self.params)
+        remote: str | None = None
+        peer_addrs: list[Multiaddr] = []
+        try:
+            step = sched.start(now)
+            stream: _Stream | None = None
+            while step.kind not in (StepKind.DONE, StepKind.GIVE_UP):
+                if step.kind is StepKind.SEND_CONNECT:
+                    if (c := self._direct_conn(peer)) is not None:  # the peer's session won
+                        remote = _conn_addr(c)
+                        step = sched.direct_connected(trio.current_time())
+                        continue
+                    self.metrics.inc("holepunch_attempts")
+                    if stream is not None:
+                        await stream.close()
+                    stream, answer = await self._exchange_connect(peer, sched)
+                    if answer is None:
+                        stream = None
+                        step = sched.attempt_failed(trio.current_time())
+                        if peer in self._unsupported:
+                            self._unsupported.discard(peer)
+                            while step.kind is not StepKind.GIVE_UP:  # no point in more rounds
+                                step = sched.attempt_failed(trio.current_time())
+                        continue
+                    peer_addrs = _dialable(answer.addrs, self._wan_ips())
+                    step = sched.connect_answered(trio.current_time(), answer.nat_type)
+                    continue
+                assert stream is not None
+                if step.kind is StepKind.SEND_SYNC_AND_DIAL:
+                    try:
+                        with trio.fail_after(self.params.stream_timeout):
+                            await stream.write(encode_sync())
+                    except Exception:  # noqa: BLE001 - any stream failure ends the attempt
+                        step = sched.attempt_failed(trio.current_time())
+                        continue
+                    await trio.sleep(step.delay)
+                    remote = await self._dial_all(peer, peer_addrs, as_server=True)
+                elif step.kind is StepKind.DIAL_DIRECT:
+                    remote = await self._dial_all(peer, peer_addrs, as_server=False, from_listen_port=False)
+                elif step.kind is StepKind.WAIT_FOR_PEER:
+                    remote = await self._wait_direct(peer, self.params.dial_timeout)
+                now = trio.current_time()
+                step = sched.direct_connected(now) if remote else sched.attempt_failed(now)
+            if stream is not None:
+                await stream.close()
+        finally:
+            now = trio.current_time()
+            outcome = sched.outcome if sched.outcome != "pending" else "failed"
+            if outcome == "reversal" and remote:
+                outcome = "direct"
+            self.book.end(peer, now, outcome, sched.not_supported)
+            self._finish(peer, sched, outcome, remote)
+
+    def _finish(self, peer: ID, sched: AttemptSchedule, outcome: str, remote: str | None) -> None:
+        if outcome == "not_supported":
+            self.metrics.inc("holepunch_not_supported")
+            log.info("hole punch with %s not supported: %s", peer,
+                     sched.not_supported.reason if sched.not_supported else "")
+            return
+        ttd = (sched.finished_at - sched.started_at) if outcome == "direct" and sched.finished_at \
+            is not None and sched.started_at is not None else None
+        self._results[peer] = HolepunchResult(outcome, sched.attempts, tuple(sched.rtts), ttd, remote)
+        while len(self._results) > self.params.max_peers:
+            del self._results[next(iter(self._results))]
+        if outcome == "direct":
+            self.metrics.inc("holepunch_successes")
+            if ttd is not None:
+                self.metrics.observe("holepunch_time_to_direct_seconds", ttd)
+            log.info("hole punch with %s: direct via %s after %d attempt(s)", peer, remote, sched.attempts)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_relayed_later, peer)
+        else:
+            self.metrics.inc("holepunch_failures")
+            log.info("hole punch with %s failed after %d attempt(s)", peer, sched.attempts)
+
+    async def _exchange_connect(self, peer: ID, sched: AttemptSchedule) -> tuple[_Stream | None, Connect | None]:
+        stream: _Stream | None = None
+        try:
+            with trio.fail_after(self.params.stream_timeout):
+                connect = encode_connect(self._our_addrs(), self.nat_type, self.params.max_addrs)
+                raw = await self.host.get_network().new_stream(peer)
+                stream = _Stream(raw, self.params.max_message)
+                # multistream-select pipelined with CONNECT (go-libp2p's lazy select does the
+                # same): one relay round trip instead of three; py-libp2p's host.new_stream
+                # waits for each answer in turn.
+                await stream.write(encode_delim(MULTISTREAM.encode()) + encode_delim(PROTOCOL_ID.encode())
+                                   + connect)
+                sched.connect_sent(trio.current_time())
+                comm = MultiselectCommunicator(raw)
+                if await comm.read() != MULTISTREAM:
+                    raise DcutrProtocolError("not multistream-select")
+                if await comm.read() != PROTOCOL_ID:
+                    self._unsupported.add(peer)
+                    raise DcutrProtocolError("the peer does not speak /libp2p/dcutr")
+                raw.set_protocol(TProtocol(PROTOCOL_ID))
+                answer = decode_connect(await stream.read(), self.params.max_addrs)
+            return stream, answer
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - stream errors, timeouts, protocol errors alike
+            log.debug("DCUtR CONNECT with %s failed: %s", peer, exc)
+            self.metrics.inc("holepunch_stream_errors")
+            if stream is not None:
+                await stream.close()
+            return None, None
+
+    # ---- answering side ---------------------------------------------------------------------------
+    async def handle(self, net_stream: INetStream) -> None:
+        """``/libp2p/dcutr`` handler: answer CONNECT, dial on SYNC. One session per peer at a time."""
+        peer = net_stream.muxed_conn.peer_id
+        stream = _Stream(net_stream, self.params.max_message)
+        # Both sides driving (each accepted a relayed connection from the other): the session of
+        # the peer with the smaller id goes on, the other side's attempts are refused.
+        both_drive = (self.book.verdict(peer, trio.current_time()) is Verdict.RUNNING
+                      and str(self.host.get_id()) < str(peer))
+        if (not self.enabled or both_drive or peer in self._responding
+                or len(self._responding) >= MAX_RESPONDER_SESSIONS or self._direct_conn(peer) is not None):
+            await stream.close()
+            return
+        self._responding.add(peer)
+        try:
+            with trio.fail_after(self.params.stream_timeout):
+                offer = decode_connect(await stream.read(), self.params.max_addrs)
+                await stream.write(encode_connect(self._our_addrs(), self.nat_type, self.params.max_addrs))
+            addrs = _dialable(offer.addrs, self._wan_ips())
+            plan, why = plan_pair(self.nat_type, offer.nat_type or "unknown")
+            now = trio.current_time()
+            if plan is PairPlan.NOT_SUPPORTED and why is not None:
+                self.book.note_not_supported(peer, now, why)
+                self.metrics.inc("holepunch_not_supported")
+                return
+            if plan is PairPlan.WE_DIAL:
+                await self._dial_all(peer, addrs, as_server=False, from_listen_port=False)
+                return
+            if plan is PairPlan.PEER_DIALS:
+                return
+            with trio.fail_after(self.params.stream_timeout):
+                decode_sync(await stream.read())
+            if await self._dial_all(peer, addrs, as_server=False):
+                self.metrics.inc("holepunch_answered_direct")
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad peer must never crash the handler
+            log.debug("DCUtR answer to %s failed: %s", peer, exc)
+            self.metrics.inc("holepunch_stream_errors")
+        finally:
+            self._responding.discard(peer)
+            await stream.close()
+
+    # ---- addresses --------------------------------------------------------------------------------
+    def _listen_tcp(self) -> tuple[str, int] | None:
+        """Our TCP listen (ip, port) to bind punch dials to: a non-loopback IPv4 one if any."""
+        best: tuple[str, int] | None = None
+        for a in self.host.get_addrs():
+            if is_relayed(a):
+                continue
+            ip, port = ip_of(a), port_of(a)
+            if ip is None or port is None or ip.version != 4 or "/tcp/" not in str(a):
+                continue
+            if any(p in str(a) for p in ("/ws", "/quic")):
+                continue
+            if not ip.is_loopback:
+                return (str(ip), port)
+            best = best or (str(ip), port)
+        return best
+
+    def _wan_ips(self) -> set[str]:
+        """The public IPs we were observed at (our events, and py-libp2p identify's)."""
+        ips = set(self._observed_ips)
+        manager = getattr(self.host, "_observed_addr_manager", None)
+        if manager is not None:
+            try:
+                for a in manager.addrs(min_observers=1):
+                    ip = ip_of(a)
+                    if ip is not None and not is_relayed(a) and scope_of(a) is AddrScope.PUBLIC:
+                        ips.add(str(ip))
+            except Exception:  # noqa: BLE001 - an internal of py-libp2p; best effort
+                pass
+        return ips
+
+    def _our_addrs(self) -> list[Multiaddr]:
+        """What we put in CONNECT: every WAN IP we were seen at, with our listen port (a
+        port-preserving NAT maps a punch from the listen port to it), then mapped and listen
+        addresses. Relay addresses never."""
+        out: list[Multiaddr] = []
+        listen = self._listen_tcp()
+        ips = list(self._observed_ips) + sorted(self._wan_ips() - set(self._observed_ips))
+        if listen is not None:
+            for wan in dict.fromkeys(ips):
+                out.append(Multiaddr(f"/ip4/{wan}/tcp/{listen[1]}") if ":" not in wan
+                           else Multiaddr(f"/ip6/{wan}/tcp/{listen[1]}"))
+        for text in self._external:
+            try:
+                out.append(strip_p2p(Multiaddr(text)))
+            except Exception:  # noqa: BLE001 - from our own NAT component; still, never trust a string
+                continue
+        for a in self.host.get_addrs():
+            if not is_relayed(a):
+                out.append(strip_p2p(a))
+        seen: dict[str, Multiaddr] = {}
+        for a in out:
+            seen.setdefault(str(a), a)
+        return list(seen.values())[: self.params.max_addrs]
+
+    # ---- connections -------------------------------------------------------------------------------
+    def _conns(self, peer: ID) -> list[INetConn]:
+        try:
+            return list(self.host.get_network().get_connections(peer))
+        except Exception:  # noqa: BLE001
+            return []
+
+    def _relayed_conns(self, peer: ID) -> list[INetConn]:
+        return [c for c in self._conns(peer) if _conn_is_relayed(c)]
+
+    def _direct_conn(self, peer: ID) -> INetConn | None:
+        for c in self._conns(peer):
+            if not _conn_is_relayed(c) and not getattr(c, "is_closed", False):
+                return c
+        return None
+
+    async def _wait_direct(self, peer: ID, timeout: float) -> str | None:
+        with trio.move_on_after(timeout):
+            while True:
+                c = self._direct_conn(peer)
+                if c is not None:
+                    return _conn_addr(c)
+                await trio.sleep(0.05)
+        return None
+
+    async def _dial_all(self, peer: ID, addrs: list[Multiaddr], *, as_server: bool,
+                        from_listen_port: bool = True) -> str | None:
+        """Dial every address at once (the spec's step 5); the first direct connection wins.
+
+        Single attempts, no swarm retries: a late retry would land outside the punch window and
+        only confuse the NATs. Returns the direct connection's remote address, or None."""
+        if not addrs:
+            return None
+        source = self._listen_tcp() if from_listen_port else None
+        won: list[str] = []
+        with trio.move_on_after(self.params.dial_timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                for a in addrs:
+                    nursery.start_soon(self._dial_one, peer, a, source, as_server, won, scope)
+                nursery.start_soon(self._watch_direct, peer, scope)
+        if won:
+            return won[0]
+        c = self._direct_conn(peer)  # the peer's dial may have won on our listener instead
+        return _conn_addr(c) if c is not None else None
+
+    async def _watch_direct(self, peer: ID, scope: trio.CancelScope) -> None:
+        """End the dials when a direct connection appears by another way (the peer's dial
+        reached our listener: no NAT between us, or a NAT that lets it in)."""
+        while self._direct_conn(peer) is None:
+            await trio.sleep(0.02)
+        scope.cancel()
+
+    async def _dial_one(self, peer: ID, addr: Multiaddr, source: tuple[str, int] | None,
+                        as_server: bool, won: list[str], scope: trio.CancelScope) -> None:
+        swarm: Any = self.host.get_network()
+        try:
+            transport = swarm.transport_manager.transport_for_dialing(addr)
+            if transport is None:
+                return
+            dial_from = getattr(transport, "dial_with_source", None)
+            if source is not None and dial_from is not None:
+                raw = await dial_from(addr, source)
+            else:
+                raw = await transport.dial(addr)
+            if as_server:
+                muxed = await swarm.upgrade_inbound_raw_conn(raw, addr)
+                if getattr(muxed, "peer_id", None) != peer:
+                    await muxed.close()
+                    return
+            else:
+                if hasattr(raw, "stream"):  # a RawConnection (TCP): select lazily
+                    raw.stream = _LazySelect(raw.stream)
+                await swarm.upgrade_outbound_raw_conn(raw, peer)
+            won.append(str(addr))
+            scope.cancel()
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - refused, reset, timed out, wrong peer: a lost race
+            log.debug("punch dial %s -> %s failed: %s", source, addr, exc)
+
+    async def _close_relayed_later(self, peer: ID) -> None:
+        """Migrate: once a direct connection exists, close the relay leg after a grace period
+        (streams already on it may finish; new streams go to the direct connection)."""
+        await trio.sleep(self.relay_close_grace)
+        if self._direct_conn(peer) is None:
+            return
+        for c in self._relayed_conns(peer):
+            try:
+                await c.close()
+                self.metrics.inc("holepunch_relay_closed")
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    # ---- status -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        peers = self.book.snapshot(now)
+        for pid, res in list(self._results.items())[-50:]:
+            peers.setdefault(str(pid), {}).update(res.as_dict())
+        return {"holepunch": {"enabled": self.enabled, "nat_type": self.nat_type,
+                              "responding": len(self._responding), "peers": dict(list(peers.items())[-50:])}}
+
+
+def _delimited_count(buf: bytes) -> int:
+    """How many complete varint-length-prefixed messages ``buf`` holds (at most 3 looked at)."""
+    count, i = 0, 0
+    while i < len(buf) and count < 3:
+        n, shift = 0, 0
+        while True:
+            if i >= len(buf) or shift > 28:
+                return count
+            byte = buf[i]
+            i += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if i + n > len(buf):
+            return count
+        i += n
+        count += 1
+    return count
+
+
+def _conn_is_relayed(conn: INetConn) -> bool:
+    try:
+        return any(is_relayed(a) for a in conn.get_transport_addresses())
+    except Exception:  # noqa: BLE001 - a connection torn down while we look
+        return False
+
+
+def _conn_addr(conn: INetConn) -> str | None:
+    try:
+        addrs = conn.get_transport_addresses()
+        return str(addrs[0]) if addrs else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _dialable(addrs: tuple[Multiaddr, ...], our_wan_ips: Collection[str] = ()) -> list[Multiaddr]:
+    """Plain TCP addresses from a CONNECT; public ones only if there are any (a private address
+    of a peer behind another NAT leads nowhere, or to a stranger on our own LAN) — unless the
+    peer is behind our own NAT (it was seen at one of our WAN IPs): then its LAN addresses come
+    first, since few home routers hairpin."""
+    tcp = [strip_p2p(a) for a in addrs
+           if not is_relayed(a) and "/tcp/" in str(a)
+           and not any(p in str(a) for p in ("/ws", "/wss", "/quic", "/tls"))
+           and ip_of(a) is not None]
+    public = [a for a in tcp if scope_of(a) is AddrScope.PUBLIC]
+    usable = [a for a in tcp if scope_of(a) is not AddrScope.UNSPECIFIED]
+    if any(str(ip_of(a)) in our_wan_ips for a in public):
+        return [a for a in usable if a not in public] + public
+    return public or usable

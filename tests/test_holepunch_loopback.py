@@ -1,0 +1,151 @@
+"""HolepunchService with real py-libp2p hosts on loopback: a relay, two peers, DCUtR over the
+relayed connection (no NAT here: the punch dial meets the peer's listener, or a simultaneous
+open on one host). The NAT-lab version with real Linux NAT is tests/test_holepunch_lab.py."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
+
+import multiaddr
+import pytest
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport, RelayLimits
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP
+from libp2p.tools.anyio_service import background_trio_service
+
+from prozchain_discovery.config import HolepunchSettings
+from prozchain_discovery.connections import ConnectionTracker
+from prozchain_discovery.events import EventBus, NatStatusChanged
+from prozchain_discovery.holepunch.schedule import HolepunchNotSupported, HolepunchParams
+from prozchain_discovery.holepunch.service import PROTOCOL_ID, HolepunchResult, HolepunchService
+from prozchain_discovery.metrics import Metrics
+from prozchain_discovery.nat.status import NatStatus
+from prozchain_discovery.wire.framing import encode_uvarint
+from tests.netutil import LOOP, Net, cfg, wait_until
+
+pytestmark = pytest.mark.trio
+
+
+@dataclass
+class Peer:
+    host: IHost
+    hp: HolepunchService
+    bus: EventBus
+    proto: CircuitV2Protocol
+
+    @property
+    def id(self) -> ID:
+        return self.host.get_id()
+
+
+async def _peer(net: Net, stack: AsyncExitStack, nat: str = "unknown") -> Peer:
+    host = await net.host()
+    bus, metrics = EventBus(), Metrics()
+    tracker = ConnectionTracker(host, bus, metrics, min_peers=1, static_ids=set())
+    hp = HolepunchService(host, bus=bus, metrics=metrics, relay_close_grace=0.2,
+                          params=HolepunchParams(backoff_base=30.0))
+    host.get_network().register_notifee(tracker.notifee)
+    host.set_stream_handler(PROTOCOL_ID, hp.handle)  # type: ignore[arg-type]
+    bus.publish(NatStatusChanged(NatStatus(nat_type=nat)))
+    proto = CircuitV2Protocol(host)
+    await stack.enter_async_context(background_trio_service(proto))
+    return Peer(host, hp, bus, proto)
+
+
+@asynccontextmanager
+async def relayed_pair(a_nat: str = "unknown", b_nat: str = "unknown") -> AsyncIterator[tuple[Peer, Peer]]:
+    """R relays; A reserves on R; B dials A through R (so A accepted the relayed connection)."""
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        relay = await net.host()
+        limits = RelayLimits(duration=3600, data=1 << 30, max_circuit_conns=8, max_reservations=64,
+                             reservation_ttl=3600)
+        await stack.enter_async_context(background_trio_service(CircuitV2Protocol(relay, limits=limits,
+                                                                                  allow_hop=True)))
+        r_addr = multiaddr.Multiaddr(f"{relay.get_addrs()[0]}/p2p/{relay.get_id()}")
+        a = await _peer(net, stack, a_nat)
+        b = await _peer(net, stack, b_nat)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.hp.run)
+            nursery.start_soon(b.hp.run)
+            await a.host.connect(info_from_p2p_addr(r_addr))
+            s = await a.host.new_stream(relay.get_id(), [HOP])
+            assert await CircuitV2Transport(a.host, a.proto, RelayConfig()).reserve(s, relay.get_id(), nursery)
+            with contextlib.suppress(Exception):
+                await s.close()
+            await b.host.connect(info_from_p2p_addr(r_addr))
+            dialer = CircuitV2Transport(b.host, b.proto, RelayConfig(roles=RelayRole.STOP))
+            await dialer.dial(multiaddr.Multiaddr(f"{r_addr}/p2p-circuit/p2p/{a.id}"))
+            try:
+                yield a, b
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def test_relayed_connection_is_upgraded_to_direct_and_the_relay_leg_closes():
+    async with relayed_pair() as (a, b):
+        await wait_until(lambda: a.hp.has_direct_connection(b.id) and b.hp.has_direct_connection(a.id), 20)
+        await wait_until(lambda: isinstance(a.hp.result(b.id), HolepunchResult), 10)
+        res = a.hp.result(b.id)
+        assert isinstance(res, HolepunchResult) and res.outcome == "direct" and res.attempts == 1
+        assert len(res.rtts) == 1 and res.time_to_direct is not None
+        assert a.hp.metrics.get("holepunch_successes") == 1
+        # only A (which accepted the relayed connection) drove: B never opened a DCUtR session
+        assert b.hp.metrics.get("holepunch_attempts") == 0 and b.hp.result(a.id) is None
+        # migrated: the relayed connection closes after the grace, the direct one stays
+        await wait_until(lambda: not a.hp._relayed_conns(b.id) and not b.hp._relayed_conns(a.id), 10)
+        assert a.hp.has_direct_connection(b.id)
+        st = a.hp.status()["holepunch"]
+        assert st["peers"][str(b.id)]["result"] == "direct"
+
+
+@pytest.mark.parametrize("a_nat,b_nat", [("symmetric", "port_restricted"), ("port_restricted", "symmetric"),
+                                         ("symmetric", "symmetric")])
+async def test_symmetric_pairs_answer_not_supported_after_one_exchange(a_nat, b_nat):
+    async with relayed_pair(a_nat, b_nat) as (a, b):
+        await wait_until(lambda: isinstance(a.hp.result(b.id), HolepunchNotSupported)
+                         and isinstance(b.hp.result(a.id), HolepunchNotSupported), 20)
+        why = a.hp.result(b.id)
+        assert isinstance(why, HolepunchNotSupported) and (why.our_nat, why.peer_nat) == (a_nat, b_nat)
+        assert a.hp.metrics.get("holepunch_attempts") == 1
+        # bounded: asking again does not punch again
+        assert isinstance(await a.hp.punch(b.id), HolepunchNotSupported)
+        await trio.sleep(0.3)
+        assert a.hp.metrics.get("holepunch_attempts") == 1
+        assert not a.hp.has_direct_connection(b.id) and a.hp._relayed_conns(b.id)  # stays relayed
+
+
+async def test_bad_dcutr_streams_never_crash_the_handler():
+    async with relayed_pair("symmetric", "symmetric") as (a, b):
+        await wait_until(lambda: isinstance(b.hp.result(a.id), HolepunchNotSupported), 20)
+        for junk in (encode_uvarint(1 << 20), b"\x05\x08\x64\x12\xff", b"\x02\x08\xac"):
+            s = await a.host.new_stream(b.id, [PROTOCOL_ID])  # type: ignore[list-item]
+            await s.write(junk)
+            with contextlib.suppress(Exception), trio.fail_after(5):
+                await s.read(100)  # the handler closes or resets it
+            with contextlib.suppress(Exception):
+                await s.close()
+        await wait_until(lambda: b.hp.metrics.get("holepunch_stream_errors") >= 3, 10)
+        assert not b.hp._responding
+
+
+async def test_the_composition_root_mounts_holepunch():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        svc = await net.node(cfg(min_peers=1))
+        assert svc.holepunch_result(svc.host.get_id()) is None
+        st = svc.status()
+        assert st["holepunch"]["enabled"] and st["holepunch"]["peers"] == {}
+        off = replace(cfg(min_peers=1), holepunch=HolepunchSettings(enabled=False))
+        svc2 = await net.node(off)
+        assert not svc2.holepunch.enabled
+    with pytest.raises(Exception, match="attempts"):
+        replace(cfg(), holepunch=HolepunchSettings(attempts=0)).validate()
+    assert LOOP
