@@ -410,6 +410,15 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     ]
     for p in st["peers"]:
         out.append(f"{p['peer_id']:<54} {p['source']:<10} {p['direction']:<4} {p['for']:>7}  {p['addr']}")
+    relays, served = st.get("autorelay") or {}, st.get("relay_server") or {}
+    if relays.get("relays") or served.get("serving"):
+        out.append("")
+    if served.get("serving"):
+        out.append(f"relay      serving hop, {served['reservations']} reservations, {served['circuits_open']} circuits")
+    for r in relays.get("relays") or []:
+        out.append(f"via relay  {r['peer_id']}  expires in {r['expires_in']} s")
+    for a in relays.get("circuit_addrs") or []:
+        out.append(f"circuit    {a}")
     if st.get("backoff"):
         out += ["", f"{'backing off':<54} {'fails':>5} {'retry in':>9}  last error"]
         for key, b in st["backoff"].items():

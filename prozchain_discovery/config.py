@@ -45,6 +45,7 @@ __all__ = [
     "PeerDbSettings",
     "ServerConfig",
     "NatSettings",
+    "RelaySettings",
     "HolepunchSettings",
     "parse_stun_server",
     "DiscoveryConfig",
@@ -225,6 +226,42 @@ class NatSettings:
             raise ConfigError(f"{prefix}.serve_stun_port", "must be 0 (off) or a UDP port below 65535")
 
 
+RELAY_SERVE_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Circuit relay v2: serving as a relay (hop) and keeping reservations (autorelay).
+
+    ``serve``: ``auto`` serves hop while the NAT component says we are publicly reachable,
+    ``on`` always, ``off`` never. ``autorelay`` keeps ``reservations`` relays while we are not
+    publicly reachable and advertises our ``/p2p-circuit`` addresses. The limits are
+    go-libp2p's defaults (``relay.DefaultResources``): a reservation lives an hour, a relayed
+    connection two minutes and 128 KiB, so a relay carries handshakes and small exchanges,
+    not bulk traffic.
+    """
+
+    serve: str = "auto"
+    autorelay: bool = True
+    reservations: int = 2
+    reservation_ttl: int = 3600
+    max_reservations: int = 128
+    max_reservations_per_ip: int = 8
+    max_circuits_per_peer: int = 16
+    circuit_duration: int = 120
+    circuit_data: int = 1 << 17
+
+    def validate(self, prefix: str) -> None:
+        if self.serve not in RELAY_SERVE_MODES:
+            raise ConfigError(f"{prefix}.serve", f"{self.serve!r} is not one of {', '.join(RELAY_SERVE_MODES)}")
+        if not 0 <= self.reservations <= 8:
+            raise ConfigError(f"{prefix}.reservations", "must be 0..8")
+        for name in ("reservation_ttl", "max_reservations", "max_reservations_per_ip", "max_circuits_per_peer",
+                     "circuit_duration", "circuit_data"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}.{name}", "must be at least 1")
+
+
 @dataclass(frozen=True)
 class HolepunchSettings:
     """DCUtR hole punching over relayed connections (holepunch/): ``attempts`` CONNECT/SYNC
@@ -264,6 +301,7 @@ class DiscoveryConfig:
     peerdb: PeerDbSettings = field(default_factory=PeerDbSettings)
     server: ServerConfig = field(default_factory=ServerConfig)
     nat: NatSettings = field(default_factory=NatSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
     holepunch: HolepunchSettings = field(default_factory=HolepunchSettings)
 
     def validate(self) -> DiscoveryConfig:
@@ -279,6 +317,7 @@ class DiscoveryConfig:
         self.peerdb.validate("peerdb")
         self.server.validate("server")
         self.nat.validate("nat")
+        self.relay.validate("relay")
         self.holepunch.validate("holepunch")
         return self
 

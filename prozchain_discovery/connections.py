@@ -34,6 +34,8 @@ from .ports import ConnectedPeer
 
 __all__ = ["ConnectionTracker"]
 
+_RELAYED = "/p2p-circuit"
+
 log = logging.getLogger("prozchain_discovery.connections")
 
 INTENT_TTL = 120.0  # a dial's declared source is kept this long for the connection it makes
@@ -143,18 +145,32 @@ class ConnectionTracker:
         source = self._intents.get(peer_id) or (PeerSource.PEX if outbound else PeerSource.INBOUND)
         if peer_id in self.static_ids:
             source = PeerSource.STATIC
-        addr = ""
+        addr = self._addr_of(conn, peer_id)
+        cp = self.connected.get(peer_id)
+        if cp is not None and _RELAYED in cp.addr and addr and _RELAYED not in addr:
+            cp.addr = addr  # a direct connection beside a relayed one (hole punching): show it
+        self._track(peer_id, source, outbound, addr)
+
+    def _addr_of(self, conn: INetConn, peer_id: ID) -> str:
         try:
             addrs = conn.get_transport_addresses()
-            addr = str(addrs[0]) if addrs else ""
+            return str(addrs[0]) if addrs else ""
         except Exception as exc:  # a connection torn down while we look at it
             self.metrics.inc("notifee_errors", what="transport_addresses")
             log.debug("no transport address for %s: %s", peer_id, exc)
-        self._track(peer_id, source, outbound, addr)
+            return ""
 
     def on_disconnected(self, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
-        if peer_id not in self.connected or _other_open_connections(self.host, peer_id, conn):
+        if peer_id not in self.connected:
+            return
+        others = _other_open_connections(self.host, peer_id, conn)
+        if others:
+            # The peer stays (e.g. the relayed leg closed after a hole punch): name what is left,
+            # a direct connection before a relayed one.
+            addrs = [a for a in (self._addr_of(c, peer_id) for c in others) if a]
+            if addrs:
+                self.connected[peer_id].addr = min(addrs, key=lambda a: _RELAYED in a)
             return
         del self.connected[peer_id]
         self.metrics.set_gauge("connected_peers", len(self.connected))
@@ -215,20 +231,21 @@ class _Notifee(INotifee):
         self.tracker.bus.publish(ListenAddressesChanged())
 
 
-def _other_open_connections(host: IHost, peer_id: ID, closing: INetConn) -> bool:
-    """Whether ``peer_id`` has a live connection besides ``closing``.
+def _other_open_connections(host: IHost, peer_id: ID, closing: INetConn) -> list[INetConn]:
+    """``peer_id``'s live connections besides ``closing``.
 
     py-libp2p 0.8.1's ``close_peer`` notifies ``disconnected`` *before* it drops the connection
     from the swarm's table, so the closing connection itself is still listed then; counting it
     kept every peer we disconnected ourselves in our table for good.
     """
+    out = []
     for other in host.get_network().get_connections(peer_id):
         if other is closing or other.muxed_conn is closing.muxed_conn:
             continue
         if getattr(other, "is_closed", False) or getattr(other.muxed_conn, "is_closed", False):
             continue
-        return True
-    return False
+        out.append(other)
+    return out
 
 
 def _is_outbound(conn: INetConn) -> bool:

@@ -41,6 +41,7 @@ __all__ = [
     "LocalAddressesChanged",
     "NatStatusChanged",
     "ReachabilityConfirmed",
+    "RelayAddressesChanged",
     "WrongNetwork",
     "Misbehaved",
 ]
@@ -109,6 +110,17 @@ class NatStatusChanged:
     """The NAT component's view changed (classification, port mappings, reachability)."""
 
     status: NatStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAddressesChanged:
+    """The relay client's ``/p2p-circuit`` addresses (empty: none, e.g. we became Public).
+
+    go-libp2p's autorelay swaps the host's addresses the same way; here the local-addresses
+    component advertises them beside the direct ones and re-signs our record.
+    """
+
+    addrs: tuple[Multiaddr, ...]
 
 
 @dataclass(frozen=True, slots=True)

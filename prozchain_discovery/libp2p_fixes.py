@@ -37,6 +37,10 @@ stock configuration and its absence with ours.
   the same bytes in the same order, so every multistream-select implementation accepts it.
 * Bug 16 — libp2p's logger has ``propagate=False`` and no handler: its own module,
   libp2p_logs.py (``route_libp2p_logs``), routes those records into ours, rate-limited.
+* Identify replaces our signed record (found here): ``env_to_send_in_RPC`` re-signs the local
+  record from ``host.get_addrs()`` whenever their address sets differ, so identify never sent
+  the record the local-addresses component signed (port mappings, ``/p2p-circuit`` addresses
+  through our relays, only public addresses when we have some). :func:`pin_local_record`.
 
 Every patch checks that what it replaces exists and fails loudly (:class:`Libp2pPatchError`) at
 ``make_host`` if a py-libp2p upgrade moved it, instead of silently patching nothing.
@@ -545,3 +549,20 @@ async def run_host(host: Any, listen_addrs: Sequence[multiaddr.Multiaddr]) -> As
         finally:
             with trio.CancelScope(shield=True):
                 await close_listeners(host)
+
+
+def pin_local_record(host: Any, envelope: Any) -> None:
+    """Make ``envelope`` the signed record identify sends, until the next call.
+
+    py-libp2p 0.8.1's identify asks ``env_to_send_in_RPC(host)``, which keeps the stored local
+    record only if ``envelope._env_addrs_set() == set(host.get_addrs())`` and otherwise signs
+    and stores a new one from ``host.get_addrs()``. Our record deliberately differs (it is what
+    we advertise, not what we listen on), so the stored envelope answers that comparison with
+    the host's current addresses. It is re-pinned whenever our advertised addresses change.
+    """
+    patch = "pin_local_record"
+    peerstore = _require_method(host, "get_peerstore", patch, is_async=False)()
+    _require_method(peerstore, "set_local_record", patch, is_async=False)
+    _require_method(envelope, "_env_addrs_set", patch, is_async=False, owner="Envelope")
+    envelope._env_addrs_set = lambda: set(host.get_addrs())
+    peerstore.set_local_record(envelope)

@@ -220,6 +220,37 @@ class PeerBook:
             if cp.outbound and peer_id in self.db:
                 self.db.mark_success(peer_id, now)
 
+    def _learn_newer(self) -> None:
+        """Replace stored records of connected peers with newer ones identify-push brought.
+
+        A peer whose addresses change (a relay reservation, a port mapping) pushes its re-signed
+        record; without this we would keep sharing the old one until it reconnected.
+        """
+        peerstore = self.host.get_peerstore()
+        now = self.now()
+        for cp in self.connections.peers():
+            entry = self.db.get(cp.peer_id)
+            if entry is None or not entry.signed or cp.peer_id in self._to_learn:
+                continue
+            env = peerstore_record(peerstore, cp.peer_id)
+            if env is None:
+                continue
+            try:
+                seq = env.record().seq
+            except Exception:  # a payload py-libp2p cannot decode: verify() below would refuse it too
+                continue
+            if seq <= entry.seq:
+                continue
+            try:
+                rec = self.record_cache.verify(env.marshal_envelope(), local_peer_id=self.local_id)
+            except RecordError as exc:
+                self.metrics.inc("records_rejected", reason=exc.reason.value, via="identify")
+                continue
+            if rec.peer_id == cp.peer_id and self.db.add_record(
+                rec, cp.source, now, source_peer=cp.peer_id, source_addr=self.connections.addr_of(cp.peer_id)
+            ):
+                self.metrics.inc("records_updated", via="identify_push")
+
     # ---- persistence ---------------------------------------------------------------------------
     def db_path(self) -> str | None:
         path = self.settings.path
@@ -263,6 +294,7 @@ class PeerBook:
 
     async def _flush(self) -> None:
         now = self.now()
+        self._learn_newer()
         dropped = self.db.expire(now)
         if dropped:
             self.metrics.inc("peerdb_expired", dropped)

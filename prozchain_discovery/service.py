@@ -53,6 +53,9 @@ from .peerbook import PeerBook
 from .peerdb import PeerDatabase, PeerSource, PeerTableParams
 from .pex.service import PexService
 from .ports import ConnectedPeer, DialTransport
+from .relay.client import AutoRelay
+from .relay.server import RelayServer
+from .relay.transport import CircuitDialer
 from .status import StatusWriter
 from .wire.messages import BOOTSTRAP_PROTOCOL, PEX_PROTOCOL
 
@@ -102,6 +105,9 @@ class DiscoveryService:
         self.book = book = PeerBook(
             host, cfg.peerdb, db, connections=conns, bus=bus, metrics=metrics, data_dir=self.data_dir
         )
+        # host.connect() cannot dial /p2p-circuit addresses: the relay transport can.
+        self.circuit_dialer = CircuitDialer(host)
+        transports = [*transports, self.circuit_dialer]
         self.dialer = dialer = Dialer(
             host, cfg.bootstrap, connections=conns, book=book, bus=bus, metrics=metrics, rng=rng,
             addr_filter=addr_filter, transports=transports,
@@ -133,6 +139,8 @@ class DiscoveryService:
             dial_back_timeout=cfg.nat.autonat_dial_back_timeout, allow_private=cfg.nat.autonat_allow_private,
             addr_filter=addr_filter,
         )
+        self.relay_server = RelayServer(host, cfg.relay, bus=bus, metrics=metrics)
+        self.autorelay = AutoRelay(host, cfg.relay, connections=conns, bus=bus, metrics=metrics)
         self.holepunch = HolepunchService(
             host, bus=bus, metrics=metrics, enabled=cfg.holepunch.enabled,
             params=HolepunchParams(max_attempts=cfg.holepunch.attempts),
@@ -226,6 +234,7 @@ class DiscoveryService:
             running.append(self.local)
         if self.config.nat.autonat_server or self.config.nat.autonat_client:
             running.append(self.autonat)
+        running += [self.relay_server, self.autorelay]
         if self.config.holepunch.enabled:
             running.append(self.holepunch)
         running.append(self.status_writer)
@@ -243,6 +252,8 @@ class DiscoveryService:
         for part in (self.connections, self.cascade, self.dialer, self.book, self.addresses,
                      self.static, self.outbound, self.guard, self.local, self.nat, self.autonat):
             st.update(part.status())
+        st.update(self.relay_server.status())
+        st.update(self.autorelay.status())
         st.update(self.holepunch.status())
         if st["phase"] == "waiting" and st["connected"] >= self.min_peers:
             st["phase"] = "done"

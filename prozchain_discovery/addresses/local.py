@@ -5,7 +5,10 @@ publishes :class:`~..events.LocalAddressesChanged`. Observed addresses
 (:class:`~..events.ObservedAddress`, from bootstrap answers) are kept with a TTL and a
 distinct-observer threshold (:mod:`.observed`). The NAT component feeds its verdicts here
 (docs/architecture.md): the external addresses of a :class:`~..events.NatStatusChanged` (port
-mappings) are advertised beside the listen addresses, and our record is re-signed.
+mappings) are advertised beside the listen addresses, and our record is re-signed. The relay
+client's ``/p2p-circuit`` addresses (:class:`~..events.RelayAddressesChanged`) are advertised
+the same way. When the record changes, identify is pushed to connected peers (go-libp2p's
+identify does so on ``EvtLocalAddressesUpdated``), so they hold and share the new one.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.abc import IHost
+from libp2p.identity.identify_push.identify_push import push_identify_to_peers
 from libp2p.peer.envelope import unmarshal_envelope
 
+from .. import libp2p_fixes
 from ..addrs import AddrScope, scope_of, strip_p2p
 from ..events import (
     EventBus,
@@ -25,6 +30,7 @@ from ..events import (
     LocalAddressesChanged,
     NatStatusChanged,
     ObservedAddress,
+    RelayAddressesChanged,
     Wakeup,
 )
 from ..metrics import Metrics
@@ -36,6 +42,7 @@ __all__ = ["LocalAddresses"]
 log = logging.getLogger("prozchain_discovery.addresses")
 
 POLL = 5.0  # interfaces can change without a listen event
+PUSH_TIMEOUT = 10.0
 
 
 class LocalAddresses:
@@ -47,10 +54,18 @@ class LocalAddresses:
         self.our_record: bytes | None = None
         self._advertised: list[str] = []
         self.external: tuple[multiaddr.Multiaddr, ...] = ()  # from the NAT component
+        self.relayed: tuple[multiaddr.Multiaddr, ...] = ()  # from the relay client
+        self._pushed: bytes | None = None  # the record connected peers were last pushed
         self._wake = Wakeup()
         bus.subscribe(ListenAddressesChanged, lambda _ev: self._wake.set())
         bus.subscribe(ObservedAddress, self._on_observed)
         bus.subscribe(NatStatusChanged, self._on_nat)
+        bus.subscribe(RelayAddressesChanged, self._on_relayed)
+
+    def _on_relayed(self, ev: RelayAddressesChanged) -> None:
+        if ev.addrs != self.relayed:
+            self.relayed = ev.addrs
+            self.refresh()
 
     def _on_nat(self, ev: NatStatusChanged) -> None:
         external = []
@@ -75,6 +90,7 @@ class LocalAddresses:
         """
         addrs = [strip_p2p(a) for a in self.host.get_addrs()]
         addrs += [a for a in self.external if a not in addrs]  # mapped on the gateway
+        addrs += [a for a in self.relayed if a not in addrs]  # /p2p-circuit through our relays
         public = [a for a in addrs if scope_of(a) in (AddrScope.PUBLIC, AddrScope.DNS)]
         return public or addrs
 
@@ -87,12 +103,14 @@ class LocalAddresses:
         self._advertised = texts
         self.our_record = sign_record(self.host.get_id(), addrs, self.host.get_private_key())
         try:
-            self.host.get_peerstore().set_local_record(unmarshal_envelope(self.our_record))
+            # Identify would otherwise re-sign one from our listen addresses (libp2p_fixes).
+            libp2p_fixes.pin_local_record(self.host, unmarshal_envelope(self.our_record))
         except Exception as exc:  # py-libp2p refuses; identify then sends no record
             self.metrics.inc("own_record_errors")
             log.warning("could not hand our signed record to the peerstore: %s", exc)
         self.metrics.inc("own_record_signed")
         self.bus.publish(LocalAddressesChanged(tuple(addrs)))
+        self._wake.set()  # run() pushes the new record to connected peers
         return True
 
     async def run(self) -> None:
@@ -104,6 +122,20 @@ class LocalAddresses:
             self.observed.on_timer(trio.current_time())
             if self.refresh():
                 log.info("our addresses changed: %s", ", ".join(self._advertised))
+            await self._push_if_changed()
+
+    async def _push_if_changed(self) -> None:
+        """Identify-push a changed record to connected peers (bounded, best effort)."""
+        record = self.our_record
+        if record is None or record == self._pushed:
+            return
+        first = self._pushed is None
+        self._pushed = record
+        if first or not self.host.get_connected_peers():
+            return  # nobody holds an older record of ours yet
+        with trio.move_on_after(PUSH_TIMEOUT):
+            await push_identify_to_peers(self.host)
+        self.metrics.inc("own_record_pushed")
 
     def status(self) -> dict[str, Any]:
         return {"observed_addrs": self.observed.counts()}

@@ -1,0 +1,425 @@
+"""Circuit relay v2 on loopback with real py-libp2p hosts: the relay's limits and its fixed bugs
+(relay/hop.py, each shown against upstream first), and a private node reached through a relay
+by our Dialer, with a PEX exchange over the relayed connection."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import replace
+
+import multiaddr
+import pytest
+import trio
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as CircuitPeerId
+from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID, CircuitV2Protocol
+from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
+from libp2p.relay.circuit_v2.resources import RelayLimits
+from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
+from libp2p.transport.tcp.tcp import TCP
+
+from prozchain_discovery.addrs import is_relayed
+from prozchain_discovery.config import RelaySettings
+from prozchain_discovery.host import make_host
+from prozchain_discovery.libp2p_fixes import run_host
+from prozchain_discovery.peerdb import PeerSource
+from prozchain_discovery.relay.hop import GuardedRelayProtocol, relay_limits
+from prozchain_discovery.relay.transport import (
+    HOP_PROTOCOL,
+    CircuitDialer,
+    ReservationError,
+    reserve,
+)
+from tests.netutil import LOOP, Net, addr_of, cfg, wait_until
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+ECHO = "/test/echo/1.0"
+DEFAULTS = RelaySettings()
+
+
+def guarded(host, **changes) -> GuardedRelayProtocol:
+    s = replace(DEFAULTS, **changes)
+    events: list[str] = []
+    proto = GuardedRelayProtocol(
+        host,
+        relay_limits(reservation_ttl=s.reservation_ttl, max_reservations=s.max_reservations,
+                     max_circuits_per_peer=s.max_circuits_per_peer, duration=s.circuit_duration,
+                     data=s.circuit_data),
+        max_reservations_per_ip=s.max_reservations_per_ip, on_event=events.append,
+    )
+    proto.events = events  # type: ignore[attr-defined]
+    return mount(host, proto)
+
+
+def upstream(host, **limits) -> CircuitV2Protocol:
+    lim = {"duration": 3600, "data": 1 << 30, "max_circuit_conns": 8, "max_reservations": 4,
+           "reservation_ttl": 3600, **limits}
+    return mount(host, CircuitV2Protocol(host, limits=RelayLimits(**lim), allow_hop=True))
+
+
+def mount(host, proto):
+    """Hop and stop handlers, as relay/server.py registers them (no anyio service)."""
+    host.set_stream_handler(HOP_PROTOCOL, proto._handle_hop_stream)
+    host.set_stream_handler(STOP_PROTOCOL_ID, proto._handle_stop_stream)
+    return proto
+
+
+def accept_circuits(host) -> None:
+    """A client that may be reached through a relay (the stop handler) and echoes."""
+    host.set_stream_handler(STOP_PROTOCOL_ID, CircuitV2Protocol(host)._handle_stop_stream)
+
+    async def echo(stream) -> None:
+        try:
+            while data := await stream.read(65536):
+                await stream.write(data)
+        except Exception:
+            pass
+
+    host.set_stream_handler(ECHO, echo)
+
+
+def bind_dials(host, ip: str) -> None:
+    """Make the host's TCP dials leave from ``ip`` (a relay counts reservations per IP)."""
+    for t in host.get_network().transport_manager.get_transports():
+        if isinstance(t, TCP):
+            original = t._dial_resolved
+
+            async def bound(maddr, source=None, _original=original):
+                return await _original(maddr, source=source or (ip, 0))
+
+            t._dial_resolved = bound  # type: ignore[method-assign]
+
+
+async def client(stack: AsyncExitStack, relay, ip: str | None = None):
+    h = make_host(listen_addrs=LOOP)
+    if ip is not None:
+        bind_dials(h, ip)
+    await stack.enter_async_context(run_host(h, LOOP))
+    await h.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr_of(relay))))
+    return h
+
+
+async def raw_hop(host, relay_id: ID, msg: HopMessage) -> HopMessage:
+    stream = await host.new_stream(relay_id, [HOP_PROTOCOL])
+    try:
+        await write_delimited_msg(stream, msg)
+        with trio.fail_after(10):
+            return await read_delimited_msg(stream, HopMessage)
+    finally:
+        await stream.close()
+
+
+def spoof(victim: ID) -> HopMessage:
+    return HopMessage(type=HopMessage.RESERVE, peer=CircuitPeerId(id=victim.to_bytes()))
+
+
+def circuit(relay, target: ID) -> multiaddr.Multiaddr:
+    return multiaddr.Multiaddr(f"{addr_of(relay)}/p2p-circuit/p2p/{target}")
+
+
+async def dial_circuit(dialer_host, relay, target: ID) -> None:
+    relay_part = multiaddr.Multiaddr(f"{addr_of(relay)}/p2p-circuit")
+    with trio.fail_after(20):
+        await CircuitDialer(dialer_host).connect(target, [relay_part])
+
+
+# ---- fix 1: spoofed reservations ---------------------------------------------------------------
+async def test_upstream_lets_a_peer_reserve_in_someone_elses_name():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        upstream(r)
+        victim, mallory, dialer = await net.host(), await client(stack, r), await net.host()
+        accept_circuits(victim)
+        await victim.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr_of(r))))  # it never reserves
+        resp = await raw_hop(mallory, r.get_id(), spoof(victim.get_id()))
+        assert resp.status == StatusCode.OK  # the bug: granted in the victim's name
+        await dial_circuit(dialer, r, victim.get_id())  # ... so strangers reach a peer that never reserved
+        assert victim.get_id() in dialer.get_connected_peers()
+
+
+async def test_our_relay_refuses_a_spoofed_reservation():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        proto = guarded(r)
+        victim, mallory, dialer = await net.host(), await client(stack, r), await net.host()
+        accept_circuits(victim)
+        await victim.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr_of(r))))
+        resp = await raw_hop(mallory, r.get_id(), spoof(victim.get_id()))
+        assert resp.status == StatusCode.PERMISSION_DENIED
+        assert proto.reservations == {} and "refused:spoofed" in proto.events  # type: ignore[attr-defined]
+        with pytest.raises(Exception):
+            await dial_circuit(dialer, r, victim.get_id())
+        # Naming oneself, or nobody, is fine.
+        own = await raw_hop(mallory, r.get_id(), spoof(mallory.get_id()))
+        assert own.status == StatusCode.OK and mallory.get_id() in proto.reservations
+
+
+# ---- fixes 2 and 5: slots never freed; is_open --------------------------------------------------
+async def test_upstream_never_frees_slots(caplog):
+    caplog.set_level(logging.ERROR, logger="libp2p.relay.circuit_v2.protocol")
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        proto = upstream(r, max_reservations=2)
+        mallory = await client(stack, r)
+        made_up = ID(b"\x00\x24\x08\x01\x12\x20" + bytes(range(32)))
+        await raw_hop(mallory, r.get_id(), spoof(made_up))  # refused, but the slot is taken ...
+        assert made_up in proto.resource_manager._reservations
+        assert any("is_open" in rec.getMessage() for rec in caplog.records)  # ... on an AttributeError
+        async with AsyncExitStack() as leaving:
+            gone = await client(leaving, r)
+            assert (await reserve(gone, r.get_id(), 10)).expire > 0
+            await gone.disconnect(r.get_id())
+        await wait_until(lambda: gone.get_id() not in r.get_connected_peers(), 10)
+        honest = await client(stack, r)
+        with pytest.raises(ReservationError):  # two slots held by nobody: the relay is full
+            await reserve(honest, r.get_id(), 10)
+
+
+async def test_our_relay_frees_slots_of_departed_clients_and_refused_reservations():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        proto = guarded(r, max_reservations=2)
+        mallory = await client(stack, r)
+        made_up = ID(b"\x00\x24\x08\x01\x12\x20" + bytes(range(32)))
+        resp = await raw_hop(mallory, r.get_id(), spoof(made_up))
+        assert resp.status == StatusCode.PERMISSION_DENIED and proto.reservations == {}
+        for _ in range(2):
+            async with AsyncExitStack() as leaving:
+                gone = await client(leaving, r)
+                await reserve(gone, r.get_id(), 10)
+                await gone.disconnect(r.get_id())
+            await wait_until(lambda g=gone: g.get_id() not in r.get_connected_peers(), 10)
+        honest = await client(stack, r)
+        assert (await reserve(honest, r.get_id(), 10)).expire > 0
+        assert list(proto.reservations) == [honest.get_id()]
+
+
+# ---- limits: 128 reservations, 8 per IP ---------------------------------------------------------
+async def test_the_ninth_reservation_from_one_ip_is_refused():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        proto = guarded(r)
+        clients = [await client(stack, r) for _ in range(9)]
+        for c in clients[:8]:
+            await reserve(c, r.get_id(), 10)
+        with pytest.raises(ReservationError) as refused:
+            await reserve(clients[8], r.get_id(), 10)
+        assert refused.value.status == StatusCode.RESERVATION_REFUSED
+        assert "refused:per_ip" in proto.events  # type: ignore[attr-defined]
+        # Another address is another budget.
+        other = await client(stack, r, ip="127.0.0.2")
+        assert (await reserve(other, r.get_id(), 10)).expire > 0
+        assert proto.ip_of[other.get_id()] == "127.0.0.2"
+        # Renewing an existing reservation is not a new one.
+        await reserve(clients[0], r.get_id(), 10)
+
+
+async def test_the_129th_reservation_is_refused():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        proto = guarded(r)
+        per_ip = DEFAULTS.max_reservations_per_ip
+        clients = []
+        for i in range(DEFAULTS.max_reservations + 1):
+            clients.append(await client(stack, r, ip=f"127.0.1.{1 + i // per_ip}"))
+
+        async def one(c) -> None:
+            await reserve(c, r.get_id(), 30)
+
+        async with trio.open_nursery() as nursery:
+            for c in clients[:-1]:
+                nursery.start_soon(one, c)
+        assert len(proto.reservations) == 128
+        with pytest.raises(ReservationError) as refused:
+            await reserve(clients[-1], r.get_id(), 30)  # its IP has room: the relay is full
+        assert refused.value.status == StatusCode.RESERVATION_REFUSED
+        assert "refused:relay_full" in proto.events  # type: ignore[attr-defined]
+
+
+# ---- limits on a relayed connection: 128 KiB, 2 minutes ----------------------------------------
+async def _relayed_pair(stack: AsyncExitStack, net: Net, r):
+    target = await client(stack, r)
+    accept_circuits(target)
+    await reserve(target, r.get_id(), 10)
+    dialer = await net.host()
+    await dial_circuit(dialer, r, target.get_id())
+    return target, dialer
+
+
+async def test_a_circuit_past_128_kib_is_cut():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        proto = guarded(r)
+        target, dialer = await _relayed_pair(stack, net, r)
+        stream = await dialer.new_stream(target.get_id(), [ECHO])
+        echoed = 0
+        chunk = b"x" * 4096
+        with trio.fail_after(30):
+            try:
+                for _ in range(64):  # 256 KiB each way if nothing stopped it
+                    await stream.write(chunk)
+                    got = 0
+                    while got < len(chunk):
+                        data = await stream.read(len(chunk) - got)
+                        if not data:
+                            raise EOFError
+                        got += len(data)
+                    echoed += got
+            except Exception:
+                pass
+        assert 0 < echoed < DEFAULTS.circuit_data  # both directions count against the budget
+        await wait_until(lambda: target.get_id() not in dialer.get_connected_peers(), 20)
+        assert "cut:data" in proto.events  # type: ignore[attr-defined]
+
+
+async def test_upstream_keeps_an_idle_circuit_past_its_duration():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        upstream(r, duration=1)
+        target, dialer = await _relayed_pair(stack, net, r)
+        await trio.sleep(3)
+        assert target.get_id() in dialer.get_connected_peers()  # the bug: nothing passed, nothing checked
+
+
+async def test_our_relay_cuts_an_idle_circuit_at_its_duration():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        proto = guarded(r, circuit_duration=1)
+        target, dialer = await _relayed_pair(stack, net, r)
+        await wait_until(lambda: target.get_id() not in dialer.get_connected_peers(), 20)
+        assert proto.events.count("cut:duration") == 1  # type: ignore[attr-defined]
+        assert r.get_id() in target.get_connected_peers()  # the relay connection itself stays
+
+
+# ---- fix 6: one circuit's end closed the next circuit to the same peer ------------------------
+async def _second_circuit_after_the_first_ends(stack: AsyncExitStack, net: Net, r):
+    target, first = await _relayed_pair(stack, net, r)
+    second = await net.host()
+    await dial_circuit(second, r, target.get_id())
+    await first.disconnect(target.get_id())
+    await wait_until(lambda: first.get_id() not in target.get_connected_peers(), 10)
+    return target, second
+
+
+async def echo_once(host, target: ID) -> bytes:
+    with trio.fail_after(10):
+        stream = await host.new_stream(target, [ECHO])
+        await stream.write(b"ping")
+        data = await stream.read(4)
+        await stream.close()
+    return data
+
+
+async def test_upstream_closes_a_circuit_when_an_older_one_to_the_same_peer_ends():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        upstream(r)
+        target, second = await _second_circuit_after_the_first_ends(stack, net, r)
+        await wait_until(lambda: target.get_id() not in second.get_connected_peers(), 10)
+
+
+async def test_our_relay_keeps_each_circuit_to_the_end_of_its_own_streams():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        guarded(r)
+        target, second = await _second_circuit_after_the_first_ends(stack, net, r)
+        await trio.sleep(0.5)
+        assert await echo_once(second, target.get_id()) == b"ping"
+
+
+# ---- the whole thing: autorelay, advertised circuit address, our Dialer, PEX over the circuit ----
+def relay_cfg(c, **changes):
+    return replace(c, relay=replace(c.relay, **changes))
+
+
+async def test_a_private_node_is_reached_through_a_relay_and_answers_pex_over_it():
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        relay = await net.node(relay_cfg(cfg(min_peers=1, pex=True), serve="on"))
+        await wait_until(lambda: relay.relay_server.serving, 5)
+        private = await net.node(cfg(bootstrap=(addr_of(relay),), min_peers=1, pex=True))
+        # Reachability unknown (no STUN here): autorelay reserves and advertises the circuit.
+        await wait_until(lambda: private.autorelay.published, 20)
+        (caddr,) = private.autorelay.published
+        assert str(caddr) == f"{addr_of(relay)}/p2p-circuit"
+        assert caddr in private.addresses.advertised()
+        st = private.status()["autorelay"]
+        assert st["relays"][0]["peer_id"] == str(relay.local_id) and st["circuit_addrs"] == [str(caddr)]
+        assert relay.status()["relay_server"]["reservations"] == 1
+        assert relay.metrics.get("relay_reservations_served", kind="reservations") == 1
+
+        other = await net.node(cfg(min_peers=1, pex=True))
+        assert await other.dial(private.local_id, [caddr], PeerSource.PEX)
+        cp = other.connected[private.local_id]
+        assert is_relayed(multiaddr.Multiaddr(cp.addr)) or "p2p-circuit" in cp.addr
+        assert cp.outbound
+        sent = other.metrics.get("pex_requests_sent")
+        await other.request_peers(private.local_id)
+        assert other.metrics.get("pex_requests_sent") >= sent + 1  # its PEX loop may ask too
+        assert other.metrics.get("pex_requests_failed") == 0
+        await wait_until(lambda: sum(private.metrics.get("pex_requests_served", verdict=v)
+                                     for v in ("answered", "rate_limited")) >= 1, 10)
+
+
+async def test_turning_public_drops_the_circuit_address_and_the_record_follows():
+    from prozchain_discovery.events import NatStatusChanged
+    from prozchain_discovery.nat.status import NatStatus, Reachability
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        relay = await net.node(relay_cfg(cfg(min_peers=1), serve="on"))
+        private = await net.node(cfg(bootstrap=(addr_of(relay),), min_peers=1))
+        await wait_until(lambda: private.autorelay.published, 20)
+
+        def relay_sees_circuit() -> bool:
+            entry = relay.db.get(private.local_id)
+            return entry is not None and any("p2p-circuit" in str(a) for a in entry.addrs)
+
+        # Identify-push carries the re-signed record; the relay's book takes the newer one.
+        await wait_until(relay_sees_circuit, 10)
+        assert relay.metrics.get("records_updated", via="identify_push") >= 1
+        signed = private.metrics.get("own_record_signed")
+        # What the NAT component publishes when a port mapping appears.
+        private.bus.publish(NatStatusChanged(NatStatus(reachability=Reachability.PUBLIC)))
+        assert private.autorelay.published == ()
+        assert not any(is_relayed(a) for a in private.addresses.advertised())
+        assert private.metrics.get("own_record_signed") == signed + 1
+        assert private.metrics.get("autorelay_releases", reason="public") == 1
+        assert private.status()["autorelay"]["relays"] == []
+        # The relay holds the old record until identify-push brings the new one.
+        await wait_until(lambda: not relay_sees_circuit(), 10)
+
+
+async def test_identify_sends_the_record_we_signed_not_one_from_listen_addresses():
+    """libp2p_fixes.pin_local_record: py-libp2p re-signs a record whose addresses differ."""
+    from libp2p.peer.envelope import unmarshal_envelope
+    from libp2p.peer.peerstore import env_to_send_in_RPC
+
+    from prozchain_discovery.libp2p_fixes import pin_local_record
+    from prozchain_discovery.records import sign_record
+
+    async with AsyncExitStack() as stack:
+        h = await Net(stack).host()
+        extra = multiaddr.Multiaddr(f"/ip4/192.0.2.10/tcp/4001/p2p/{h.get_id()}/p2p-circuit")
+        ours = sign_record(h.get_id(), [*h.get_addrs(), extra], h.get_private_key())
+        h.get_peerstore().set_local_record(unmarshal_envelope(ours))
+        sent, _ = env_to_send_in_RPC(h)
+        assert sent != ours and extra not in unmarshal_envelope(sent).record().addrs  # stock: replaced
+        pin_local_record(h, unmarshal_envelope(ours))
+        sent, created = env_to_send_in_RPC(h)
+        assert sent == ours and not created
