@@ -283,10 +283,16 @@ class ServerConfig:
     max_bootstrap_answer: int = 50
     max_bootstrap_answer_as_bootstrap_node: int = 200
     request_timeout: float = 10.0  # a silent caller is dropped after this
+    # Bootstrap and PEX answers over a relayed connection carry at most this many records: a
+    # relay gives a connection 128 KiB and 2 minutes (go-libp2p's limits), and one record is
+    # ~230 bytes, so 10 leave room for the handshakes and identify that share the budget.
+    max_answer_over_relay: int = 10
 
     def validate(self, prefix: str) -> None:
         if self.max_bootstrap_answer < 0:
             raise ConfigError(f"{prefix}.max_bootstrap_answer", "must not be negative")
+        if not 0 <= self.max_answer_over_relay <= 50:
+            raise ConfigError(f"{prefix}.max_answer_over_relay", "must be 0..50")
         _positive(f"{prefix}.request_timeout", self.request_timeout)
 
 

@@ -423,3 +423,43 @@ async def test_identify_sends_the_record_we_signed_not_one_from_listen_addresses
         pin_local_record(h, unmarshal_envelope(ours))
         sent, created = env_to_send_in_RPC(h)
         assert sent == ours and not created
+
+
+async def test_answers_over_a_relayed_connection_are_small():
+    """A relayed connection is limited (128 KiB, 2 min): PEX and bootstrap answers over it carry
+    at most ``server.max_answer_over_relay`` records; the same request on a direct connection
+    gets the full answer. Observed addresses are not reported over a relay (the socket is the
+    relay's)."""
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+
+    from prozchain_discovery.config import HolepunchSettings
+    from prozchain_discovery.records import sign_record, verify_record
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        relay = await net.node(relay_cfg(cfg(min_peers=1, pex=True), serve="on"))
+        await wait_until(lambda: relay.relay_server.serving, 5)
+        # No hole punching here: on loopback it would turn the relayed connection direct at once.
+        private = await net.node(replace(cfg(bootstrap=(addr_of(relay),), min_peers=1, pex=True),
+                                         holepunch=HolepunchSettings(enabled=False)))
+        await wait_until(lambda: private.autorelay.published, 20)
+        now = trio.current_time()
+        for i in range(30):  # 30 peers with public addresses in distinct /16s
+            kp = create_new_key_pair()
+            pid = ID.from_pubkey(kp.public_key)
+            rec = verify_record(sign_record(pid, [multiaddr.Multiaddr(f"/ip4/{20 + i}.1.2.3/tcp/4001")], kp.private_key))
+            private.db.add_record(rec, PeerSource.PEX, now - 3600, source_peer=relay.local_id)
+        (caddr,) = private.autorelay.published
+        other = await net.node(cfg(min_peers=1, pex=True))
+        assert await other.dial(private.local_id, [caddr], PeerSource.PEX)
+        before = other.metrics.get("records_accepted")
+        await other.request_peers(private.local_id)
+        over_relay = other.metrics.get("records_accepted") - before
+        assert 1 <= over_relay <= private.config.server.max_answer_over_relay
+        assert private.metrics.get("answers_over_relay", protocol="pex") >= 1
+        # The bootstrap answer over the relay: small, and no observed address (the relay's).
+        observed_before = dict(other.addresses.observed.counts())
+        batch = await other.cascade.bootstrap_request(private.local_id)
+        assert batch is not None and len(batch._blobs) <= private.config.server.max_answer_over_relay
+        assert private.metrics.get("answers_over_relay", protocol="bootstrap") == 1
+        assert other.addresses.observed.counts() == observed_before

@@ -8,6 +8,7 @@ and refuses banned callers before reading a byte.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -106,7 +107,11 @@ class BootstrapServer:
             req = BootstrapRequest.decode(data)
             observed = exchange.observed_multiaddr(s)
             scope = scope_of(observed) if observed is not None else AddrScope.PUBLIC
-            resp = self.responder.respond(req, caller, observed, self.candidates(caller, scope))
+            candidates = self.candidates(caller, scope)
+            if exchange.is_relayed_stream(s):  # a limited connection: a small answer
+                self.metrics.inc("answers_over_relay", protocol="bootstrap")
+                candidates = itertools.islice(candidates, self.config.server.max_answer_over_relay)
+            resp = self.responder.respond(req, caller, observed, candidates)
             self.metrics.inc("bootstrap_requests_served", status=str(resp.status))
             if resp.status == 1:
                 log.info("%s asked to bootstrap into network %r: refused", caller, req.network_id[:64])

@@ -19,8 +19,9 @@ from libp2p.peer.id import ID
 from ..wire.framing import MAX_FRAME, FrameError, encode_frame
 from ..wire.messages import DecodeError
 from .frames import read_frame
+from .sockets import is_relayed_conn
 
-__all__ = ["ExchangeError", "request", "serve", "refuse", "observed_multiaddr"]
+__all__ = ["ExchangeError", "request", "serve", "refuse", "observed_multiaddr", "is_relayed_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,18 @@ class ExchangeError(Exception):
         self.kind = kind
 
 
+def is_relayed_stream(stream: INetStream) -> bool:
+    """Whether ``stream`` runs over a circuit-relayed connection (a limited one: small answers)."""
+    return is_relayed_conn(getattr(stream, "muxed_conn", None))
+
+
 def observed_multiaddr(stream: INetStream) -> multiaddr.Multiaddr | None:
-    """The remote end of ``stream`` as this side sees it (TCP only), e.g. ``/ip4/1.2.3.4/tcp/5``."""
+    """The remote end of ``stream`` as this side sees it (TCP only), e.g. ``/ip4/1.2.3.4/tcp/5``.
+
+    None over a relayed connection: its socket is the relay's, not the remote peer's.
+    """
+    if is_relayed_stream(stream):
+        return None
     try:
         remote = stream.get_remote_address()
     except Exception:

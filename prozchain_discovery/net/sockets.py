@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["local_socket_addr", "socket_addrs"]
+__all__ = ["local_socket_addr", "socket_addrs", "is_relayed_conn"]
 
 _CHAIN = ("muxed_conn", "secured_conn", "conn", "raw_conn", "stream", "socket", "_socket", "read_writer")
 
 
-def _find_socket(obj: Any, depth: int = 8) -> Any:
+def _layers(obj: Any, depth: int = 8) -> Any:
+    """``obj`` and what it wraps, outermost first, bounded."""
     seen: set[int] = set()
     frontier = [obj]
     for _ in range(depth):
@@ -25,10 +26,39 @@ def _find_socket(obj: Any, depth: int = 8) -> Any:
             if o is None or id(o) in seen:
                 continue
             seen.add(id(o))
-            if callable(getattr(o, "getsockname", None)) and hasattr(o, "family"):
-                return o
+            yield o
             nxt.extend(getattr(o, name, None) for name in _CHAIN)
         frontier = nxt
+
+
+def is_relayed_conn(conn: Any) -> bool:
+    """Whether ``conn`` (a connection, its muxer or a layer under it) runs through a circuit relay.
+
+    A relayed connection wraps a stream of the relay's connection, so the socket under it is our
+    socket *to the relay*: its addresses say nothing about the remote peer or our NAT.
+    """
+    for layer in _layers(conn):
+        kind = getattr(layer, "get_connection_type", None)
+        if callable(kind):
+            try:
+                if getattr(kind(), "name", "") == "RELAYED":
+                    return True
+            except Exception:  # a layer torn down while we look
+                pass
+        addrs = getattr(layer, "get_transport_addresses", None)
+        if callable(addrs):
+            try:
+                if any("/p2p-circuit" in str(a) for a in addrs() or ()):
+                    return True
+            except Exception:
+                pass
+    return False
+
+
+def _find_socket(obj: Any) -> Any:
+    for layer in _layers(obj):
+        if callable(getattr(layer, "getsockname", None)) and hasattr(layer, "family"):
+            return layer
     return None
 
 
@@ -40,6 +70,8 @@ def _pair(name: Any) -> tuple[str, int] | None:
 
 def socket_addrs(conn: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
     """((local ip, port), (remote ip, port)) of ``conn``, or None (relayed, QUIC, closed)."""
+    if is_relayed_conn(conn):
+        return None
     sock = _find_socket(conn)
     if sock is None:
         return None

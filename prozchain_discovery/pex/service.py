@@ -47,6 +47,7 @@ class PexService:
         self.host = host
         self.config = config
         self.cfg = config.pex
+        self.server = config.server
         self.connections = connections
         self.dialer = dialer
         self.book = book
@@ -159,8 +160,12 @@ class PexService:
             req = PexRequest.decode(data)
             observed = exchange.observed_multiaddr(s)
             scope = scope_of(observed) if observed is not None else AddrScope.PUBLIC
+            cap = self.server.max_answer_over_relay if exchange.is_relayed_stream(s) else None
+            if cap is not None:
+                self.metrics.inc("answers_over_relay", protocol="pex")
             resp, verdict = self.policy.handle_request(
-                requester, req, trio.current_time(), lambda n: self._records_to_share(n, requester, scope)
+                requester, req, trio.current_time(),
+                lambda n: self._records_to_share(n if cap is None else min(n, cap), requester, scope),
             )
             verdict_box.append(verdict)
             self.metrics.inc("pex_requests_served", verdict=verdict.value)
