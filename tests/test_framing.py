@@ -88,3 +88,24 @@ def test_chunked_round_trip(payloads, chunk):
         while (f := dec.next_frame()) is not None:
             out.append(f)
     assert out == payloads
+
+
+async def test_read_frame_leaves_the_next_frame_on_the_stream():
+    """Two frames sent back to back come out as two frames (nothing read past the first)."""
+    import trio
+    import trio.testing
+
+    from prozchain_discovery.net.frames import read_frame
+    from prozchain_discovery.wire.framing import encode_frame
+
+    send, recv = trio.testing.memory_stream_one_way_pair()
+
+    class _Stream:
+        async def read(self, n: int | None = None) -> bytes:
+            return await recv.receive_some(n)
+
+    await send.send_all(encode_frame(b"first") + encode_frame(b"second" * 100))
+    await send.aclose()
+    s = _Stream()
+    assert await read_frame(s) == b"first"
+    assert await read_frame(s) == b"second" * 100
