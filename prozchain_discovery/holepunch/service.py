@@ -49,7 +49,8 @@ from multiaddr import Multiaddr
 from ..addrs import AddrScope, ip_of, is_relayed, port_of, scope_of, strip_p2p
 from ..events import EventBus, NatStatusChanged, ObservedAddress, PeerConnected, Wakeup
 from ..metrics import Metrics
-from ..wire.framing import FrameDecoder, FrameError
+from ..net.frames import read_frame
+from ..wire.framing import FrameError
 from .messages import (
     PROTOCOL_ID,
     Connect,
@@ -98,29 +99,22 @@ class HolepunchResult:
 
 
 class _Stream:
-    """A DCUtR stream: frames read through one decoder, so bytes of the next message are kept."""
+    """A DCUtR stream: one message per frame (``read_frame`` never reads past a frame, so bytes
+    of the next message stay on the stream)."""
 
     def __init__(self, stream: INetStream, max_message: int) -> None:
         self.stream = stream
-        self.decoder = FrameDecoder(max_message)
+        self.max_message = max_message
 
     async def read(self) -> bytes:
-        while True:
-            frame = self.decoder.next_frame()
-            if frame is not None:
-                return frame
-            try:
-                data = await self.stream.read(4096)
-            except trio.Cancelled:
-                raise
-            except Exception as exc:  # StreamEOF / StreamReset / closed
-                raise DcutrProtocolError(f"stream ended: {type(exc).__name__}") from None
-            if not data:
-                raise DcutrProtocolError("stream ended")
-            try:
-                self.decoder.feed(data)
-            except FrameError as exc:
-                raise DcutrProtocolError(str(exc)) from None
+        try:
+            return await read_frame(self.stream, self.max_message)
+        except trio.Cancelled:
+            raise
+        except FrameError as exc:
+            raise DcutrProtocolError(str(exc)) from None
+        except Exception as exc:  # StreamEOF / StreamReset / closed
+            raise DcutrProtocolError(f"stream ended: {type(exc).__name__}") from None
 
     async def write(self, data: bytes) -> None:
         await self.stream.write(data)

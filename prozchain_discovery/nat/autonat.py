@@ -66,7 +66,6 @@ from ..wire.autonat import (
     encode_dial_back_response,
     frame_message,
 )
-from ..wire.framing import FrameDecoder, FrameTruncated
 from .autonat_core import (
     AutonatClientPolicy,
     AutonatServerPolicy,
@@ -95,33 +94,15 @@ DialerFactory = Callable[[], AbstractAsyncContextManager[IHost]]
 
 
 class _FrameReader:
-    """Frames off one stream, several in a row (``read_frame`` starts afresh each call and
-    would drop bytes of a next frame read together with the current one: a client pays dial
-    data in back-to-back frames)."""
+    """Frames off one stream, several in a row (a client pays dial data in back-to-back frames;
+    ``read_frame`` never reads past the frame it returns)."""
 
     def __init__(self, stream: INetStream, max_frame: int) -> None:
         self.stream = stream
         self.max_frame = max_frame
-        self.decoder = FrameDecoder(max_frame)
 
     async def next(self) -> bytes:
-        while True:
-            frame = self.decoder.next_frame()
-            if frame is not None:
-                return frame
-            missing = self.decoder.missing
-            want = self.max_frame if missing is None else min(self.max_frame, missing)
-            try:
-                data = await self.stream.read(max(1, want))
-            except trio.Cancelled:
-                raise
-            except Exception as exc:  # libp2p raises StreamEOF / StreamReset / StreamClosed
-                if type(exc).__name__ in ("StreamEOF", "IncompleteReadError"):
-                    raise FrameTruncated("stream ended before a frame") from exc
-                raise
-            if not data:
-                raise FrameTruncated("stream ended before a frame")
-            self.decoder.feed(data)
+        return await read_frame(self.stream, self.max_frame)
 
 
 @dataclass(slots=True)
