@@ -34,6 +34,7 @@ HELP = {
     "pex_requests_sent": "PEX requests sent",
     "pex_requests_failed": "PEX requests that failed (stream, timeout, decode)",
     "pex_requests_served": "PEX requests answered, by verdict",
+    "dial_fallbacks": "Dials whose direct addresses failed, continued through a relay (/p2p-circuit)",
     "answers_over_relay": "Bootstrap/PEX answers over relayed connections, capped at server.max_answer_over_relay",
     "bootstrap_requests_sent": "Bootstrap handshakes completed as a caller",
     "bootstrap_requests_failed": "Bootstrap handshakes that failed as a caller",

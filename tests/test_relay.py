@@ -463,3 +463,27 @@ async def test_answers_over_a_relayed_connection_are_small():
         assert batch is not None and len(batch._blobs) <= private.config.server.max_answer_over_relay
         assert private.metrics.get("answers_over_relay", protocol="bootstrap") == 1
         assert other.addresses.observed.counts() == observed_before
+
+
+async def test_a_peer_listing_an_unreachable_direct_address_is_reached_through_its_relay():
+    """A firewalled peer may list a public address nobody can reach beside its circuit address:
+    the dialer tries the direct one (half the dial budget at most), then the relay."""
+    from prozchain_discovery.config import HolepunchSettings
+    from tests.netutil import black_hole, closed_port
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        relay = await net.node(relay_cfg(cfg(min_peers=1), serve="on"))
+        await wait_until(lambda: relay.relay_server.serving, 5)
+        private = await net.node(replace(cfg(bootstrap=(addr_of(relay),), min_peers=1),
+                                         holepunch=HolepunchSettings(enabled=False)))
+        await wait_until(lambda: private.autorelay.published, 20)
+        (caddr,) = private.autorelay.published
+        hole, hole_addr = black_hole()
+        with hole:
+            for direct in (closed_port(), hole_addr):  # refused at once; never answers
+                other = await net.node(cfg(min_peers=1))
+                # (one dial budget for both: a black hole taking all of it would fail the dial)
+                assert await other.dial(private.local_id, [multiaddr.Multiaddr(direct), caddr], PeerSource.PEX)
+                assert "p2p-circuit" in other.connected[private.local_id].addr
+                assert other.metrics.get("dial_fallbacks") == 1

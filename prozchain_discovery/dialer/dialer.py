@@ -140,9 +140,10 @@ class Dialer:
         self.metrics.inc("dials", source=source.value)
         error = "timeout"
         started = now
-        with trio.move_on_after(timeout or self.config.dial_timeout):
+        budget = timeout or self.config.dial_timeout
+        with trio.move_on_after(budget):
             try:
-                await self._connect(peer_id, addr_list)
+                await self._connect(peer_id, addr_list, budget)
                 error = ""
             except trio.Cancelled:
                 raise
@@ -166,15 +167,41 @@ class Dialer:
             db.mark_success(peer_id, now)
         return True
 
-    async def _connect(self, peer_id: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+    async def _connect(self, peer_id: ID, addrs: list[multiaddr.Multiaddr], budget: float) -> None:
+        """Direct addresses first (``host.connect``), then each extra transport's (a relay's
+        ``/p2p-circuit``) if the direct ones fail: a peer behind a firewall may list a public
+        address nobody can reach beside its circuit address. With a fallback waiting, the direct
+        attempt gets half of ``budget``, so a black-holed address does not use it all."""
+        direct = list(addrs)
+        fallbacks: list[tuple[DialTransport, list[multiaddr.Multiaddr]]] = []
         for transport in self.transports:
-            mine = [a for a in addrs if transport.handles(a)]
-            if mine and len(mine) == len(addrs):
+            mine = [a for a in direct if transport.handles(a)]
+            if mine:
+                fallbacks.append((transport, mine))
+                direct = [a for a in direct if not transport.handles(a)]
+        last: Exception | None = None
+        if direct or not fallbacks:
+            if direct:
+                self.host.get_peerstore().add_addrs(peer_id, direct, UNSIGNED_TTL)
+            if not fallbacks:
+                await self.host.connect(PeerInfo(peer_id, direct))
+                return
+            try:
+                with trio.fail_after(budget / 2):
+                    await self.host.connect(PeerInfo(peer_id, direct))
+                return
+            except Exception as exc:  # refused, unreachable, or trio.TooSlowError
+                last = exc
+                self.metrics.inc("dial_fallbacks")
+                log.debug("direct dial of %s failed (%s): trying its relayed addresses", peer_id, exc)
+        for transport, mine in fallbacks:
+            try:
                 await transport.connect(peer_id, mine)
                 return
-        if addrs:
-            self.host.get_peerstore().add_addrs(peer_id, addrs, UNSIGNED_TTL)
-        await self.host.connect(PeerInfo(peer_id, addrs))
+            except Exception as exc:
+                last = exc
+        assert last is not None
+        raise last
 
     async def dial_many(self, targets: Iterable[DialTarget], until: int | None = None) -> int:
         """Dial in parallel, stopping once ``until`` peers are connected (see :mod:`.race`).
