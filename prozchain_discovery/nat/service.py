@@ -10,17 +10,15 @@ punching (docs/architecture.md) will read ``nat_type`` from the same event.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import multiaddr
 import trio
 from libp2p.abc import IHost
 
-from ..addrs import ip_of, network_group, port_of
+from ..addrs import ip_of, port_of
 from ..events import (
     EventBus,
     LocalAddressesChanged,
@@ -31,7 +29,7 @@ from ..events import (
     Wakeup,
 )
 from ..metrics import Metrics
-from ..net.sockets import socket_addrs
+from ..net.sockets import direct_socket
 from ..wire.stun_service import StunServiceResponse
 from .observed_mapping import ObservedMapping
 from .portmap import PortMapper, PortMapping, default_route
@@ -110,25 +108,12 @@ class NatService:
         ip, port = ip_of(ev.addr), port_of(ev.addr)
         if ip is None or not port:
             return
-        try:
-            conns = self.host.get_network().get_connections(ev.reporter)
-        except Exception:  # a host without a swarm (tests) or a peer gone meanwhile
+        sock = direct_socket(self.host, ev.reporter)
+        if sock is None:  # relayed or QUIC: no socket of ours says anything
             return
-        for conn in conns:
-            addrs = socket_addrs(conn)
-            if addrs is None:  # relayed or QUIC: no socket of ours says anything
-                continue
-            (local_ip, local_port), (remote_ip, remote_port) = addrs
-            try:
-                remote = ipaddress.ip_address(remote_ip)
-            except ValueError:
-                continue
-            proto = "ip4" if remote.version == 4 else "ip6"
-            group = network_group(multiaddr.Multiaddr(f"/{proto}/{remote}/tcp/{remote_port}"))
-            if self.observed.add((local_ip, local_port), (str(ip), port), group, trio.current_time()):
-                self.metrics.inc("nat_observed_reports")
-            self._refresh_observed()
-            return
+        if self.observed.add(sock.local, (str(ip), port), sock.group, trio.current_time()):
+            self.metrics.inc("nat_observed_reports")
+        self._refresh_observed()
 
     def _refresh_observed(self) -> None:
         now = trio.current_time()

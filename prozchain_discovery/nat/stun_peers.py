@@ -8,18 +8,15 @@ most ``limit`` peers from distinct network groups are asked.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable
 
-import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 
-from ..addrs import network_group
 from ..net.exchange import ExchangeError, request, serve
-from ..net.sockets import socket_addrs
+from ..net.sockets import direct_socket
 from ..wire.messages import DecodeError
 from ..wire.stun_service import STUN_SERVICE_PROTOCOL, StunServiceRequest, StunServiceResponse
 
@@ -43,21 +40,6 @@ def serve_stun_service(host: IHost, where: Callable[[], StunServiceResponse], ti
     host.set_stream_handler(STUN_SERVICE_PROTOCOL, handler)  # type: ignore[arg-type]
 
 
-def _remote(host: IHost, peer_id: ID) -> tuple[str, str] | None:
-    """(remote IP, network group) of our direct connection to ``peer_id``, or None."""
-    for conn in host.get_network().get_connections(peer_id):
-        addrs = socket_addrs(conn)
-        if addrs is None:
-            continue
-        ip = addrs[1][0]
-        try:
-            proto = "ip4" if ipaddress.ip_address(ip).version == 4 else "ip6"
-        except ValueError:
-            continue
-        return ip, network_group(multiaddr.Multiaddr(f"/{proto}/{ip}/tcp/{addrs[1][1]}"))
-    return None
-
-
 def _serves_stun(host: IHost, peer_id: ID) -> bool:
     try:
         return STUN_SERVICE_PROTOCOL in (host.get_peerstore().get_protocols(peer_id) or [])
@@ -71,9 +53,9 @@ async def stun_servers_from_peers(host: IHost, *, limit: int = 2, timeout: float
     for peer_id in list(host.get_network().get_connections_map()):
         if not _serves_stun(host, peer_id):
             continue
-        remote = _remote(host, peer_id)
-        if remote is not None and remote[1] not in candidates:
-            candidates[remote[1]] = (peer_id, remote[0])
+        sock = direct_socket(host, peer_id)
+        if sock is not None and sock.group not in candidates:
+            candidates[sock.group] = (peer_id, sock.remote[0])
     servers: list[Addr] = []
     notes: list[str] = []
 

@@ -9,9 +9,15 @@ walks the known names, bounded, instead of hard-coding one chain.
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["local_socket_addr", "socket_addrs", "is_relayed_conn"]
+import multiaddr
+
+from ..addrs import network_group
+
+__all__ = ["local_socket_addr", "socket_addrs", "is_relayed_conn", "DirectSocket", "direct_socket"]
 
 _CHAIN = ("muxed_conn", "secured_conn", "conn", "raw_conn", "stream", "socket", "_socket", "read_writer")
 
@@ -86,3 +92,32 @@ def local_socket_addr(conn: Any) -> tuple[str, int] | None:
     """(ip, port) of our end of ``conn`` (a py-libp2p connection), or None."""
     both = socket_addrs(conn)
     return both[0] if both is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectSocket:
+    """Our end and the peer's end of a direct (not relayed) connection, and the peer's group."""
+
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    group: str
+
+
+def direct_socket(host: Any, peer_id: Any) -> DirectSocket | None:
+    """The first direct connection to ``peer_id`` with a socket under it, or None (none open,
+    relayed or QUIC only, or a host without a swarm)."""
+    try:
+        conns = host.get_network().get_connections(peer_id)
+    except Exception:  # a host stand-in, or a peer gone meanwhile
+        return None
+    for conn in conns:
+        addrs = socket_addrs(conn)
+        if addrs is None:
+            continue
+        local, (ip, port) = addrs
+        try:
+            proto = "ip4" if ipaddress.ip_address(ip).version == 4 else "ip6"
+        except ValueError:
+            continue
+        return DirectSocket(local, (ip, port), network_group(multiaddr.Multiaddr(f"/{proto}/{ip}/tcp/{port}")))
+    return None
