@@ -76,6 +76,7 @@ from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicat
 from libp2p.utils import encode_delim
 
 from .addrs import AddrScope, scope_of
+from .net.sockets import is_relayed_conn
 
 __all__ = [
     "Libp2pPatchError",
@@ -428,37 +429,13 @@ def identify_now(host: Any, peer_id: Any) -> None:
         host._schedule_identify(peer_id, reason="identify-now")  # no-op if done or running
 
 
-def _is_relayed_conn(conn: Any) -> bool:
-    try:
-        from libp2p.connection_types import ConnectionType
-
-        if conn.get_connection_type() == ConnectionType.RELAYED:
-            return True
-    except Exception:
-        pass
-    addrs = getattr(conn, "_actual_transport_addresses", None)
-    if addrs is None:
-        try:
-            addrs = conn.get_transport_addresses()
-        except Exception:
-            return False
-    for addr in addrs or ():
-        try:
-            if any(p.name == "p2p-circuit" for p in addr.protocols()):
-                return True
-        except Exception:
-            if "/p2p-circuit" in str(addr):
-                return True
-    return False
-
-
 def _is_relayed_peer(host: Any, peer_id: Any) -> bool:
     """Whether any of our connections to ``peer_id`` goes through a circuit relay."""
     try:
         conns = host.get_network().get_connections(peer_id)
     except Exception:
         return False
-    return any(_is_relayed_conn(c) for c in conns or ())
+    return any(is_relayed_conn(c) for c in conns or ())
 
 
 def local_interface_ips() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
