@@ -93,18 +93,6 @@ MAX_REPORTERS = 8
 DialerFactory = Callable[[], AbstractAsyncContextManager[IHost]]
 
 
-class _FrameReader:
-    """Frames off one stream, several in a row (a client pays dial data in back-to-back frames;
-    ``read_frame`` never reads past the frame it returns)."""
-
-    def __init__(self, stream: INetStream, max_frame: int) -> None:
-        self.stream = stream
-        self.max_frame = max_frame
-
-    async def next(self) -> bytes:
-        return await read_frame(self.stream, self.max_frame)
-
-
 @dataclass(slots=True)
 class _Pending:
     """A dial-request of ours waiting for its nonce on a dial-back stream."""
@@ -306,8 +294,7 @@ class AutonatService:
                     stream = await self.host.new_stream(server, [DIAL_REQUEST_PROTOCOL])  # type: ignore[list-item]
                     req = DialRequest((strip_p2p(multiaddr.Multiaddr(addr)).to_bytes(),), nonce)
                     await stream.write(frame_message(req))
-                    reader = _FrameReader(stream, MAX_MESSAGE)
-                    msg = decode_message(await reader.next())
+                    msg = decode_message(await read_frame(stream, MAX_MESSAGE))
                     if isinstance(msg, DialDataRequest):
                         if msg.addr_idx != 0 or msg.num_bytes > MAX_DIAL_DATA:
                             log.debug("AutoNAT: %s asked for %d bytes for #%d: refused", server,
@@ -317,7 +304,7 @@ class AutonatService:
                         self.metrics.inc("autonat_dial_data_paid", msg.num_bytes)
                         for chunk in dial_data_frames(msg.num_bytes):
                             await stream.write(chunk)
-                        msg = decode_message(await reader.next())
+                        msg = decode_message(await read_frame(stream, MAX_MESSAGE))
                     if not isinstance(msg, DialResponse):
                         await _reset(stream)
                         return ProbeOutcome.INCONCLUSIVE
@@ -403,8 +390,7 @@ class AutonatService:
             await _close(stream)
 
     async def _serve(self, stream: INetStream, peer: ID) -> str:
-        reader = _FrameReader(stream, MAX_MESSAGE)
-        msg = decode_message(await reader.next())
+        msg = decode_message(await read_frame(stream, MAX_MESSAGE))
         if not isinstance(msg, DialRequest):
             return "bad_request"
         observed = observed_multiaddr(stream)
@@ -424,7 +410,7 @@ class AutonatService:
             counter = DialDataCounter(decision.num_bytes)
             try:
                 while not counter.done:
-                    counter.add(decode_message(await reader.next()))
+                    counter.add(decode_message(await read_frame(stream, MAX_MESSAGE)))
             except trio.Cancelled:
                 raise
             except Exception as exc:
