@@ -270,11 +270,10 @@ def py_node(name: str, workdir: Path, config: Path, *, bootstrap: Iterable[str] 
 
 
 @dataclass
-class JsNode(NodeProc):
-    """``node interop/js/node.mjs``; its JSON lines are parsed as they arrive."""
+class JsonLinesProc(NodeProc):
+    """A process that prints JSON lines: each kept (bounded), ``listening`` gives its address."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
-    last: dict[str, dict[str, Any]] = field(default_factory=dict)  # event name -> latest
 
     def on_line(self, line: str) -> None:
         try:
@@ -286,12 +285,17 @@ class JsNode(NodeProc):
         with self._lock:
             if len(self.events) < MAX_EVENTS:
                 self.events.append(ev)
-            self.last[str(ev.get("event"))] = ev
+            self.on_event(ev)
         if ev.get("event") == "listening" and self.addr is None:
-            addrs = [a for a in ev.get("addrs", []) if "p2p-circuit" not in a]
             self.peer_id = ev.get("peer_id")
-            self.addr = addrs[0] if addrs else None
+            self.addr = self.listen_addr(ev.get("addrs", []))
             self._ready.set()
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        """Called under the lock for each event (subclasses keep more)."""
+
+    def listen_addr(self, addrs: list[str]) -> str | None:
+        return addrs[0] if addrs else None
 
     def find(self, event: str, **match: Any) -> list[dict[str, Any]]:
         with self._lock:
@@ -308,6 +312,20 @@ class JsNode(NodeProc):
                 return None
             time.sleep(0.05)
         return None
+
+
+@dataclass
+class JsNode(JsonLinesProc):
+    """``node interop/js/node.mjs``; its JSON lines are parsed as they arrive."""
+
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)  # event name -> latest
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        self.last[str(ev.get("event"))] = ev
+
+    def listen_addr(self, addrs: list[str]) -> str | None:
+        direct = [a for a in addrs if "p2p-circuit" not in a]
+        return direct[0] if direct else None
 
     def request(self, cmd: dict[str, Any], timeout: float = 15.0) -> dict[str, Any] | None:
         """Send a stdin command and wait for its ``result`` line."""
@@ -329,38 +347,8 @@ def js_node(name: str, workdir: Path, *, network_id: str, min_peers: int, answer
 
 
 @dataclass
-class HelperProc(NodeProc):
+class HelperProc(JsonLinesProc):
     """A py helper under interop/ that prints JSON lines (forger, relay, relay client)."""
-
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def on_line(self, line: str) -> None:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            return
-        if not isinstance(ev, dict):
-            return
-        with self._lock:
-            if len(self.events) < MAX_EVENTS:
-                self.events.append(ev)
-        if ev.get("event") == "listening" and self.addr is None:
-            self.peer_id = ev.get("peer_id")
-            self.addr = ev.get("addrs", [None])[0]
-            self._ready.set()
-
-    def wait_for(self, event: str, timeout: float, **match: Any) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                found = [e for e in self.events if e.get("event") == event
-                         and all(e.get(k) == v for k, v in match.items())]
-            if found:
-                return found[-1]
-            if not self.alive():
-                return None
-            time.sleep(0.05)
-        return None
 
 
 def helper(name: str, workdir: Path, module: str, *args: str) -> HelperProc:
