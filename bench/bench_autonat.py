@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -29,16 +28,11 @@ from tempfile import TemporaryDirectory
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from interop.natlab.lab import node_env  # noqa: E402
+
 SERVERS = ("stun", "pub2", "pub3")
 CLIENTS = {"pub1": "public", "cone1": "private", "sym1": "private", "upnp1": "public"}
 PORT = 4101
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PROZCHAIN_DIAL_LOOPBACK_ONLY", None)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def _toml(boot: list[str], extra: str = "") -> str:
@@ -61,7 +55,7 @@ def _start(lab, host: str, tmp: Path, toml: str) -> tuple[subprocess.Popen, Path
     (data / "node.toml").write_text(toml)
     argv = [sys.executable, "-m", "prozchain_discovery", "node", "--config", str(data / "node.toml"),
             "--data-dir", str(data), "--status-interval", "0.1", "--log-level", "WARNING"]
-    proc = lab.spawn(host, argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = lab.spawn(host, argv, env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, data
 
 

@@ -26,16 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from interop.natlab.lab import Lab  # noqa: E402
+from interop.natlab.lab import Lab, node_env  # noqa: E402
 
 JOINERS = ("pub1", "cone1")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PROZCHAIN_DIAL_LOOPBACK_ONLY", None)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def _script(lab: Lab, ns: str, *args: str) -> list[str]:
@@ -45,14 +38,14 @@ def _script(lab: Lab, ns: str, *args: str) -> list[str]:
 def _start_network(lab: Lab, kind: str, nodes: int) -> tuple[list[subprocess.Popen], str]:
     procs = []
     first = lab.spawn("pub2", _script(lab, "pub2", "network", "--kind", kind, "--nodes", str(nodes // 2)),
-                      env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                      env=node_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     procs.append(first)
     line = first.stdout.readline()
     if not line:
         raise SystemExit(f"the {kind} network on pub2 did not start")
     boot = json.loads(line)["addr"]
     second = lab.spawn("pub3", _script(lab, "pub3", "network", "--kind", kind, "--nodes", str(nodes - nodes // 2),
-                                       "--boot", boot), env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                       "--boot", boot), env=node_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     procs.append(second)
     if not second.stdout.readline():
         raise SystemExit(f"the {kind} network on pub3 did not start")
@@ -93,7 +86,7 @@ def main() -> None:
                     for ns in JOINERS:
                         out = lab.run(ns, _script(lab, ns, "join", "--kind", kind, "--boot", boot,
                                                   "--joins", str(args.joins)),
-                                      env=_env(), capture_output=True, text=True, timeout=600)
+                                      env=node_env(), capture_output=True, text=True, timeout=600)
                         if out.returncode != 0:
                             raise SystemExit(f"join in {ns} failed: {out.stderr[-1500:]}")
                         results[(kind, ns)] = json.loads(out.stdout.strip().splitlines()[-1])

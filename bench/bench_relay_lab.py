@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -31,14 +30,9 @@ from tempfile import TemporaryDirectory
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from interop.natlab.lab import node_env  # noqa: E402
+
 TARGETS = ("cone1", "sym1")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PROZCHAIN_DIAL_LOOPBACK_ONLY", None)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def _toml(stun: str, boot: str = "", serve: str = "auto") -> str:
@@ -148,7 +142,7 @@ def main() -> None:
                 procs.append(lab.spawn(ns, [sys.executable, "-m", "prozchain_discovery", "node", "--config",
                                             str(data / "node.toml"), "--data-dir", str(data), "--status-interval",
                                             "0.05", "--log-level", "WARNING"],
-                                       env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                       env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 return data
 
             relay = start("pub1", _toml(stun, serve="on"))
@@ -164,7 +158,7 @@ def main() -> None:
                 out = lab.run("pub2", [sys.executable, str(Path(__file__).resolve()), "--trials", str(args.trials),
                                        "--requester", relay_ip, relay_addr, st["peer_id"], circuit,
                                        lab.hosts["pub2"].ip],
-                              env=_env(), capture_output=True, text=True, timeout=1200)
+                              env=node_env(), capture_output=True, text=True, timeout=1200)
                 if out.returncode != 0:
                     raise SystemExit(f"requester failed: {out.stderr[-1500:]}")
                 res = json.loads(out.stdout.strip().splitlines()[-1])

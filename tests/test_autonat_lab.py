@@ -10,7 +10,6 @@ confirmed public at its mapped address. Everything runs in one lab session, in p
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,20 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from interop.natlab.lab import node_env
 from tests.natlab_fixture import natlab  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("stun", "pub2", "pub3")
 PORT = 4101  # not the 4001 other lab tests use, so a leftover never answers for us
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PROZCHAIN_DIAL_LOOPBACK_ONLY", None)  # lab traffic stays inside its namespaces
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def _toml(boot: list[str] = (), min_peers: int = 1, extra: str = "") -> str:  # type: ignore[assignment]
@@ -50,7 +42,7 @@ class Node:
         self.log = open(self.data / "log.txt", "w")  # noqa: SIM115 - closed in stop()
         argv = [sys.executable, "-m", "prozchain_discovery", "node", "--config", str(self.data / "node.toml"),
                 "--data-dir", str(self.data), "--status-interval", "0.3", "--log-level", "INFO"]
-        self.proc = lab.spawn(host, argv, env=_env(), stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = lab.spawn(host, argv, env=node_env(), stdout=self.log, stderr=subprocess.STDOUT)
 
     def status(self) -> dict:
         try:

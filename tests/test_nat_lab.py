@@ -6,7 +6,6 @@ Nodes run as `prozchain-discovery node` processes inside the lab's namespaces.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,18 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from interop.natlab.lab import node_env
 from tests.natlab_fixture import natlab  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PROZCHAIN_DIAL_LOOPBACK_ONLY", None)  # lab traffic stays inside its namespaces
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def _start(lab, host: str, tmp: Path, toml: str, *extra: str) -> tuple[subprocess.Popen, Path]:
@@ -35,7 +26,7 @@ def _start(lab, host: str, tmp: Path, toml: str, *extra: str) -> tuple[subproces
     (data / "node.toml").write_text(toml)
     argv = [sys.executable, "-m", "prozchain_discovery", "node", "--config", str(data / "node.toml"),
             "--data-dir", str(data), "--status-interval", "0.3", "--log-level", "INFO", *extra]
-    proc = lab.spawn(host, argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = lab.spawn(host, argv, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, data
 
 
@@ -129,7 +120,7 @@ def test_our_classification_equals_coturns_and_takes_a_fraction_of_its_time(natl
         started = time.monotonic()
         procs[name] = (started, lab.spawn(name, ["turnutils_natdiscovery", "-m", "-f", stun],
                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        ours[name] = json.loads(lab.run(name, [sys.executable, "-c", CLASSIFY, stun], env=_env(),
+        ours[name] = json.loads(lab.run(name, [sys.executable, "-c", CLASSIFY, stun], env=node_env(),
                                         capture_output=True, text=True, timeout=60).stdout)
     for name, (started, proc) in procs.items():
         theirs[name] = _turnutils_verdict(proc.communicate(timeout=60)[0])
@@ -151,7 +142,7 @@ def test_the_nat_command_behind_the_upnp_router(natlab):  # noqa: F811
     lab = natlab
     out = lab.run("upnp1", [sys.executable, "-m", "prozchain_discovery", "nat", "--stun",
                             f"{lab.stun_ips[0]}:3478", "--port-mapping", "--port", "4011", "--json"],
-                  env=_env(), capture_output=True, text=True, timeout=60)
+                  env=node_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["nat_type"] == "port_restricted" and result["rfc5780"]
@@ -181,7 +172,7 @@ trio.run(main)
 
 def test_pcp_nat_pmp_and_upnp_each_map_tcp_and_udp_and_delete_what_they_mapped(natlab):  # noqa: F811
     lab, wan = natlab, natlab.routers["upnp"].wan_ip
-    proc = lab.spawn("upnp1", [sys.executable, "-c", MAP_WITH], env=_env(), stdin=subprocess.PIPE,
+    proc = lab.spawn("upnp1", [sys.executable, "-c", MAP_WITH], env=node_env(), stdin=subprocess.PIPE,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for i, method in enumerate(("pcp", "natpmp", "upnp")):
@@ -212,7 +203,7 @@ def test_a_node_on_a_public_host_serves_stun_and_classifies_a_cone_client_as_cot
         _wait(lambda: "stun_server" in _status(data).get("nat", {}), 20, "the node's STUN server")
         verdicts = {}
         for port in (3480, 3478):  # ours, then coturn
-            out = lab.run("cone1", [sys.executable, "-c", CLASSIFY, lab.stun_ips[0], str(port)], env=_env(),
+            out = lab.run("cone1", [sys.executable, "-c", CLASSIFY, lab.stun_ips[0], str(port)], env=node_env(),
                           capture_output=True, text=True, timeout=60)
             verdicts[port] = json.loads(out.stdout)
         ours, coturn = verdicts[3480], verdicts[3478]

@@ -136,6 +136,17 @@ class LabError(RuntimeError):
     pass
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def node_env() -> dict[str, str]:
+    """The environment for a project process in a lab namespace: the project on PYTHONPATH and
+    no PROZCHAIN_DIAL_LOOPBACK_ONLY (lab traffic stays inside its namespaces, not on loopback)."""
+    env = {k: v for k, v in os.environ.items() if k != "PROZCHAIN_DIAL_LOOPBACK_ONLY"}
+    env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def _last_host(net: str) -> str:
     n = ipaddress.ip_network(net)
     return str(n.broadcast_address - 1)

@@ -5,25 +5,17 @@ tests/test_holepunch_lab.py and bench/bench_holepunch.py."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .lab import Lab
+from .lab import PROJECT_ROOT as ROOT
+from .lab import Lab, node_env
 
-ROOT = Path(__file__).resolve().parents[2]
 RELAY_HOST = "pub3"  # 198.51.100.20: a /16 of its own, apart from rcone (192.0) and rcone2 (203.0)
-
-
-def node_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PROZCHAIN_DIAL_LOOPBACK_ONLY"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 class Node:
