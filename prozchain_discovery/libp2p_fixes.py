@@ -56,26 +56,10 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import IMultiselectCommunicator
-from libp2p.custom_types import TProtocol
-from libp2p.io.exceptions import IOException
 from libp2p.network.config import ConnectionConfig
-from libp2p.protocol_muxer.exceptions import (
-    MultiselectClientError,
-    MultiselectCommunicatorError,
-    ProtocolNotSupportedError,
-)
-from libp2p.protocol_muxer.multiselect_client import (
-    DEFAULT_NEGOTIATE_TIMEOUT,
-    MULTISELECT_PROTOCOL_ID,
-    PROTOCOL_NOT_FOUND_MSG,
-    MultiselectClient,
-    is_valid_handshake,
-)
-from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
-from libp2p.utils import encode_delim
 
 from .addrs import AddrScope, scope_of
+from .multistream import PipelinedMultiselectClient
 from .net.sockets import is_relayed_conn
 
 __all__ = [
@@ -257,51 +241,6 @@ def tolerate_handler_removal(host: Any) -> None:
         mux.handlers = _HandlerTable(handlers)
 
 
-class _PipelinedMultiselectClient(MultiselectClient):
-    """multistream-select with the header and the first proposal in one write (1 RTT, not 2)."""
-
-    async def select_one_of(
-        self,
-        protocols: Sequence[TProtocol],
-        communicator: IMultiselectCommunicator,
-        negotiate_timeout: int = DEFAULT_NEGOTIATE_TIMEOUT,
-    ) -> TProtocol:
-        writer = getattr(communicator, "read_writer", None)
-        if not protocols or writer is None or not isinstance(communicator, MultiselectCommunicator):
-            return await super().select_one_of(protocols, communicator, negotiate_timeout)
-        first = protocols[0]
-        first_text = first if first is not None else ""
-        with trio.move_on_after(negotiate_timeout):
-            try:
-                await writer.write(encode_delim(MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(first_text.encode()))
-            except (IOException, AssertionError, ValueError) as error:
-                raise MultiselectClientError(f"handshake write failed: {error}") from error
-            try:
-                header = await communicator.read()
-                if not is_valid_handshake(header):
-                    raise MultiselectClientError(
-                        f"multiselect protocol ID mismatch: expected {MULTISELECT_PROTOCOL_ID}, got {header!r}")
-                response = await communicator.read()
-            except MultiselectCommunicatorError as error:
-                raise MultiselectClientError(f"handshake read failed: {error}") from error
-            if response == first_text:
-                return first
-            if response != PROTOCOL_NOT_FOUND_MSG:
-                raise MultiselectClientError(f"unrecognized response: {response!r}, expected {first_text!r}")
-            errors = [f"protocol not supported: {first}"]
-            for protocol in protocols[1:]:  # the rest one at a time, as the stock client does
-                try:
-                    return await self.try_select(communicator, protocol)
-                except ProtocolNotSupportedError as error:
-                    errors.append(str(error))
-            # The stock wording: callers (net/exchange.py) recognise "not supported".
-            raise MultiselectClientError(
-                f"protocols not supported: tried {list(protocols)}, timeout={negotiate_timeout}s. "
-                f"Last error: {errors[-1]}")
-        raise MultiselectClientError(
-            f"response timed out after {negotiate_timeout}s, protocols tried: {list(protocols)}")
-
-
 def pipeline_multistream(host: Any) -> None:
     """Negotiate Noise, Yamux and every stream in one round trip instead of two (see the top)."""
     patch = "pipeline_multistream"
@@ -312,8 +251,8 @@ def pipeline_multistream(host: Any) -> None:
         selectors.append(_require(_require(upgrader, name, patch, "TransportUpgrader"), "_selector", patch, name))
     for selector in selectors:
         _require(selector, "multiselect_client", patch, "GenericMultistreamSelector")
-        selector.multiselect_client = _PipelinedMultiselectClient()
-    host.multiselect_client = _PipelinedMultiselectClient()
+        selector.multiselect_client = PipelinedMultiselectClient()
+    host.multiselect_client = PipelinedMultiselectClient()
 
 
 def no_swarm_retries(host: Any) -> None:

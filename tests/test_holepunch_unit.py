@@ -199,7 +199,8 @@ def test_lazy_select_sends_the_proposal_at_once_and_checks_the_echo_later():
     from libp2p.io.exceptions import IOException
     from libp2p.utils import encode_delim
 
-    from prozchain_discovery.holepunch.service import _delimited_count, _LazySelect
+    from prozchain_discovery.multistream import LazySelect as _LazySelect
+    from prozchain_discovery.multistream import delimited_count as _delimited_count
 
     header, noise = encode_delim(b"/multistream/1.0.0"), encode_delim(b"/noise")
     assert _delimited_count(header) == 1 and _delimited_count(header + noise) == 2

@@ -717,7 +717,9 @@ async def test_pipelined_client_sends_header_and_proposal_at_once_and_a_stock_li
     from libp2p.protocol_muxer.multiselect import Multiselect
     from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 
-    from prozchain_discovery.libp2p_fixes import _PipelinedMultiselectClient
+    from prozchain_discovery.multistream import (
+        PipelinedMultiselectClient as _PipelinedMultiselectClient,
+    )
 
     listener_side = Multiselect()
     listener_side.add_handler("/yamux/1.0.0", None)
@@ -748,7 +750,9 @@ async def test_pipelined_client_reports_unsupported_as_the_stock_one_does():
     from libp2p.protocol_muxer.multiselect import Multiselect
     from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 
-    from prozchain_discovery.libp2p_fixes import _PipelinedMultiselectClient
+    from prozchain_discovery.multistream import (
+        PipelinedMultiselectClient as _PipelinedMultiselectClient,
+    )
     from prozchain_discovery.net.exchange import _said_na
 
     listener_side = Multiselect()
@@ -768,7 +772,9 @@ async def test_our_hosts_negotiate_pipelined_on_real_connections():
 
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
-    from prozchain_discovery.libp2p_fixes import _PipelinedMultiselectClient
+    from prozchain_discovery.multistream import (
+        PipelinedMultiselectClient as _PipelinedMultiselectClient,
+    )
     from tests.netutil import Net
 
     async with AsyncExitStack() as stack:

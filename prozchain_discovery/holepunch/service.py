@@ -24,7 +24,7 @@ The flow (schedule.py has the rules and the reasons):
   directly dialable peer, the symmetric side dials it instead (connection reversal).
 * Round trips are expensive here (RTT/2 is the spec's; the rest is not): multistream-select is
   pipelined with CONNECT on the relayed stream, and with Noise's first message on the punched
-  connection (:class:`_LazySelect`), as go-libp2p's lazy select does; py-libp2p waits for every
+  connection (:class:`~..multistream.LazySelect`), as go-libp2p's lazy select does; py-libp2p waits for every
   echo. Each saves a round trip (bench/RESULTS.md).
 * QUIC is not punched: py-libp2p 0.8.1's QUIC upgrade cannot take the responder role, and its
   observed addresses are never recorded for QUIC (bench/RESULTS.md).
@@ -39,17 +39,15 @@ from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetConn, INetStream
-from libp2p.custom_types import TProtocol
-from libp2p.io.exceptions import IncompleteReadError, IOException
 from libp2p.peer.id import ID
-from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
-from libp2p.utils import encode_delim
 from multiaddr import Multiaddr
 
 from ..addrs import AddrScope, ip_of, is_relayed, port_of, scope_of, strip_p2p
 from ..events import EventBus, NatStatusChanged, ObservedAddress, PeerConnected, Wakeup
 from ..metrics import Metrics
+from ..multistream import LazySelect, MultistreamError, read_selected, select_message
 from ..net.frames import read_frame
+from ..net.sockets import is_relayed_conn
 from ..wire.framing import FrameError
 from .messages import (
     PROTOCOL_ID,
@@ -77,7 +75,6 @@ __all__ = ["HolepunchService", "HolepunchResult", "PROTOCOL_ID"]
 log = logging.getLogger("prozchain_discovery.holepunch")
 
 MAX_OBSERVED_IPS = 8
-MULTISTREAM = "/multistream/1.0.0"
 MAX_RESPONDER_SESSIONS = 16
 
 
@@ -124,65 +121,6 @@ class _Stream:
             await self.stream.close()
         except Exception:  # already reset by the peer
             pass
-
-
-class _LazySelect:
-    """The dialing side's multistream-select for the security protocol, without waiting.
-
-    py-libp2p's upgrader sends ``/multistream/1.0.0`` and ``/noise`` and waits for both echoes
-    before Noise starts: a round trip. Here, as go-libp2p's lazy client does, the two messages go
-    out and are echoed back locally at once, so Noise's first message follows without waiting;
-    the real echoes are checked (and dropped) when the peer's first bytes arrive — an ``na``
-    fails the connection there. Saves a direct round trip on every punched connection. Wraps
-    the raw connection's stream (``RawConnection.stream``); pass-through after the handshake.
-    (The muxer's select needs no such help: the peer that measures the punch, the driver, is
-    done as soon as the Yamux proposal arrives, and that follows Noise's last message anyway.)"""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self._pending = b""  # the client's select messages until both are complete
-        self._sent = False
-        self._fake = bytearray()  # echoes handed to the local client before the peer sent them
-        self._expect = b""  # what the peer must send first (the real echoes)
-        self._checked = False
-
-    async def write(self, data: bytes) -> None:
-        if self._sent:
-            await self.inner.write(data)
-            return
-        self._pending += data
-        if _delimited_count(self._pending) < 2:  # header alone: answer it, wait for the protocol
-            self._fake += data
-            return
-        self._sent = True
-        out, self._pending = self._pending, b""
-        self._fake += data
-        self._expect = out
-        await self.inner.write(out)
-
-    async def read(self, n: int | None = None) -> bytes:
-        if self._fake:
-            k = len(self._fake) if n is None else min(n, len(self._fake))
-            out = bytes(self._fake[:k])
-            del self._fake[:k]
-            return out
-        if not self._checked and self._expect:
-            got = b""
-            while len(got) < len(self._expect):
-                chunk = await self.inner.read(len(self._expect) - len(got))
-                if not chunk:
-                    raise IncompleteReadError("connection closed during multistream-select")
-                got += chunk
-            if got != self._expect:
-                raise IOException("the peer refused the security protocol (multistream-select)")
-            self._checked = True
-        return bytes(await self.inner.read(n))
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:  # get_remote_address, get_local_address, ...
-        return getattr(self.inner, name)
 
 
 class HolepunchService:
@@ -373,16 +311,14 @@ class HolepunchService:
                 # multistream-select pipelined with CONNECT (go-libp2p's lazy select does the
                 # same): one relay round trip instead of three; py-libp2p's host.new_stream
                 # waits for each answer in turn.
-                await stream.write(encode_delim(MULTISTREAM.encode()) + encode_delim(PROTOCOL_ID.encode())
-                                   + connect)
+                await stream.write(select_message(PROTOCOL_ID) + connect)
                 sched.connect_sent(trio.current_time())
-                comm = MultiselectCommunicator(raw)
-                if await comm.read() != MULTISTREAM:
-                    raise DcutrProtocolError("not multistream-select")
-                if await comm.read() != PROTOCOL_ID:
-                    self._unsupported.add(peer)
-                    raise DcutrProtocolError("the peer does not speak /libp2p/dcutr")
-                raw.set_protocol(TProtocol(PROTOCOL_ID))
+                try:
+                    if not await read_selected(raw, PROTOCOL_ID):
+                        self._unsupported.add(peer)
+                        raise DcutrProtocolError("the peer does not speak /libp2p/dcutr")
+                except MultistreamError as exc:
+                    raise DcutrProtocolError(str(exc)) from None
                 answer = decode_connect(await stream.read(), self.params.max_addrs)
             return stream, answer
         except trio.Cancelled:
@@ -500,11 +436,11 @@ class HolepunchService:
             return []
 
     def _relayed_conns(self, peer: ID) -> list[INetConn]:
-        return [c for c in self._conns(peer) if _conn_is_relayed(c)]
+        return [c for c in self._conns(peer) if is_relayed_conn(c)]
 
     def _direct_conn(self, peer: ID) -> INetConn | None:
         for c in self._conns(peer):
-            if not _conn_is_relayed(c) and not getattr(c, "is_closed", False):
+            if not is_relayed_conn(c) and not getattr(c, "is_closed", False):
                 return c
         return None
 
@@ -563,7 +499,7 @@ class HolepunchService:
                     return
             else:
                 if hasattr(raw, "stream"):  # a RawConnection (TCP): select lazily
-                    raw.stream = _LazySelect(raw.stream)
+                    raw.stream = LazySelect(raw.stream)
                 await swarm.upgrade_outbound_raw_conn(raw, peer)
             won.append(str(addr))
             scope.cancel()
@@ -593,34 +529,6 @@ class HolepunchService:
             peers.setdefault(str(pid), {}).update(res.as_dict())
         return {"holepunch": {"enabled": self.enabled, "nat_type": self.nat_type,
                               "responding": len(self._responding), "peers": dict(list(peers.items())[-50:])}}
-
-
-def _delimited_count(buf: bytes) -> int:
-    """How many complete varint-length-prefixed messages ``buf`` holds (at most 3 looked at)."""
-    count, i = 0, 0
-    while i < len(buf) and count < 3:
-        n, shift = 0, 0
-        while True:
-            if i >= len(buf) or shift > 28:
-                return count
-            byte = buf[i]
-            i += 1
-            n |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        if i + n > len(buf):
-            return count
-        i += n
-        count += 1
-    return count
-
-
-def _conn_is_relayed(conn: INetConn) -> bool:
-    try:
-        return any(is_relayed(a) for a in conn.get_transport_addresses())
-    except Exception:  # noqa: BLE001 - a connection torn down while we look
-        return False
 
 
 def _conn_addr(conn: INetConn) -> str | None:
