@@ -603,8 +603,22 @@ def test_verdicts_within_one_rto(mapping, filtering, nat_type, m, f):
     assert r.rtt == pytest.approx(0.02)
     # one RTO (500 ms) of virtual time: the 300 ms filtering window and one more round trip
     assert r.took <= 0.5
-    if filtering == EI:
+    if mapping is None:
+        assert r.took == pytest.approx(0.02)  # no NAT: test I and filtering test II, one round trip
+    elif filtering == EI:
         assert r.took == pytest.approx(0.04)  # two round trips, no waiting at all
+
+
+def test_without_a_nat_no_mapping_test_is_sent():
+    sent: list[Addr] = []
+
+    def record(data: bytes, dst: Addr) -> bool:
+        sent.append(dst)
+        return False
+
+    r = classify(None, None, drop=record)
+    assert r.nat_type == NatType.OPEN and r.mapping == MappingBehavior.ENDPOINT_INDEPENDENT
+    assert set(sent) == {(IP1, P1)}  # test I and the two CHANGE-REQUESTs, none to IP2
 
 
 def test_no_nat_behind_a_firewall_is_open_and_says_so():
@@ -664,7 +678,8 @@ def test_without_rfc5780_two_servers_are_compared():
         and "destination" in r.note
     )
     r = classify(None, None, servers=plain, targets=targets)
-    assert r.nat_type == NatType.OPEN
+    assert r.nat_type == NatType.OPEN and r.mapping == MappingBehavior.ENDPOINT_INDEPENDENT
+    assert r.took == pytest.approx(0.02)  # no NAT: nothing to compare across servers
     r = classify(EI, EI, servers=plain[:1], targets=targets[:1])
     assert (
         r.nat_type == NatType.UNKNOWN

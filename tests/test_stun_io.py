@@ -162,7 +162,7 @@ async def test_classify_against_our_server_on_loopback_is_open():
     assert result.local_addr[0] == "127.0.0.1" and result.mapped_addr == result.local_addr
     assert result.servers_used == (server.primary,)
     assert result.took < 1.0  # a few ms: every answer comes at once, nothing waits for a timeout
-    assert server.stats["responses"] >= 4
+    assert server.stats["responses"] >= 3  # test I and both filtering tests (no NAT: no mapping tests)
 
 
 async def test_a_plain_server_gives_open_without_rfc5780():
@@ -204,7 +204,7 @@ async def test_malformed_datagrams_do_not_crash_the_server():
         assert result.nat_type == NatType.OPEN
         sock.close()
         nursery.cancel_scope.cancel()
-    assert server.stats["responses"] >= 5 and server.stats["received"] >= 4 * len(junk)
+    assert server.stats["responses"] >= 4 and server.stats["received"] >= 4 * len(junk)
     assert server.stats["not_binding"] == 4 and server.stats["truncated"] >= 4
 
 

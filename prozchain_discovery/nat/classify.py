@@ -27,7 +27,9 @@ timeouts, ~6 s behind a NAT; this takes about one RTO):
   verdict, both at once, on the same RTO, and give up after max(8 r, 1 s).
 
 So a NAT that lets filtering test II in is classified in two round trips; one that filters,
-in max(4 r, 300 ms) and one round trip.
+in max(4 r, 300 ms) and one round trip. Without a NAT (test I's mapped address is the socket's
+own) nothing translates: the mapping is endpoint-independent with no mapping tests, and an open
+host is classified in one round trip (a filtering firewall: max(4 r, 300 ms)).
 
 A server without RFC 5780 (no OTHER-ADDRESS, or one that is not another IP *and* port): test I
 goes to the other servers at once. The first to answer with a usable OTHER-ADDRESS becomes the
@@ -346,6 +348,9 @@ class NatClassifier:
             "no OTHER-ADDRESS" if other is None else f"OTHER-ADDRESS {format_addr(other)} unusable"
         )
         self._notes.append(f"server {format_addr(server)} lacks RFC 5780 ({lacks})")
+        if self._mapped == self.local_addr:  # no NAT: no mapping to compare across servers
+            self._finish(now, mapping=MappingBehavior.ENDPOINT_INDEPENDENT)
+            return
         self._phase = "fallback"
         for i, s in enumerate(self.servers):
             if i not in self._tried:
@@ -353,6 +358,13 @@ class NatClassifier:
                 self._used.append(s)
 
     def _advance(self, now: float) -> None:
+        if self._phase == "probe" and self._other is not None and self._mapped == self.local_addr:
+            # no NAT: nothing translates, so the mapping is endpoint-independent without
+            # mapping tests II/III; the filtering tests (sent with test I) are the verdict
+            filtering = self._filtering()
+            if filtering is not None:
+                self._finish(now, mapping=MappingBehavior.ENDPOINT_INDEPENDENT, filtering=filtering)
+            return
         if self._phase == "probe" and self._other is not None and "F2" in self._got:
             if isinstance(self._got["F2"], BindingResponse):
                 self._cancel("F3")  # endpoint-independent filtering: test III says nothing more
