@@ -376,6 +376,33 @@ async def test_a_private_node_is_reached_through_a_relay_and_answers_pex_over_it
                                      for v in ("answered", "rate_limited")) >= 1, 10)
 
 
+async def test_a_relay_that_goes_away_is_replaced_and_its_circuit_address_withdrawn():
+    def circuits(private) -> set[str]:
+        return {str(a) for a in private.autorelay.published}
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        relay_conf = relay_cfg(cfg(min_peers=1), serve="on")
+        r2, r3 = await net.node(relay_conf), await net.node(relay_conf)
+        private = await net.node(cfg(bootstrap=(addr_of(r2),), min_peers=1))
+        await wait_until(lambda: circuits(private) == {f"{addr_of(r2)}/p2p-circuit"}, 20)
+        async with AsyncExitStack() as doomed:  # r1 stops when this block ends
+            r1 = await net.node(relay_conf, stack=doomed)
+            assert await private.dial(r1.local_id, [multiaddr.Multiaddr(addr_of(r1))], PeerSource.PEX)
+            await wait_until(lambda: len(circuits(private)) == 2, 20)
+            assert f"{addr_of(r1)}/p2p-circuit" in circuits(private)
+            assert await private.dial(r3.local_id, [multiaddr.Multiaddr(addr_of(r3))], PeerSource.PEX)
+            await trio.sleep(0.5)  # r3 is a candidate now, but two reservations are enough
+            assert len(circuits(private)) == 2 and r3.status()["relay_server"]["reservations"] == 0
+        # r1 is gone (host and service stopped): its reservation goes, r3 takes its place.
+        want = {f"{addr_of(r2)}/p2p-circuit", f"{addr_of(r3)}/p2p-circuit"}
+        await wait_until(lambda: circuits(private) == want, 20)
+        assert not any(str(r1.local_id) in str(a) for a in private.addresses.advertised())
+        relays = {r["peer_id"] for r in private.status()["autorelay"]["relays"]}
+        assert relays == {str(r2.local_id), str(r3.local_id)}
+        assert r3.status()["relay_server"]["reservations"] == 1
+
+
 async def test_turning_public_drops_the_circuit_address_and_the_record_follows():
     from prozchain_discovery.events import NatStatusChanged
     from prozchain_discovery.nat.status import NatStatus, Reachability
