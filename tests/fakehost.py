@@ -40,6 +40,29 @@ class FakeNetwork:
     def get_connections_map(self) -> dict[ID, list[Any]]:
         return {pid: [c] for pid, c in self.host.conns.items()}
 
+    async def new_stream(self, peer_id: ID) -> FakeStream:
+        return FakeStream(self.host, peer_id)
+
+
+class FakeStream:
+    """A stream opened with our pipelined select (net/exchange.request): its first write says
+    which protocol it asks for; the stand-in records that and fails, as ``new_stream`` does."""
+
+    def __init__(self, host: FakeHost, peer_id: ID) -> None:
+        self.host, self.peer_id = host, peer_id
+
+    async def write(self, data: bytes) -> None:
+        header_len = data[0]  # select_message: two varint-delimited lines, both short
+        protocol = data[header_len + 2 : header_len + 2 + data[header_len + 1] - 1].decode()
+        self.host.streams.append((trio.current_time(), self.peer_id, protocol))
+        raise ConnectionResetError("fake host: no streams")
+
+    async def reset(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
 
 class FakePeerstore:
     def add_addrs(self, *a: Any) -> None:

@@ -1,8 +1,16 @@
-"""One request, one response, on a fresh libp2p stream — the trio side of our two protocols.
+"""One request, one response, on a fresh libp2p stream — the trio side of our protocols.
 
-Both ``/prozchain/bootstrap/1.0`` and ``/prozchain/pex/1.0`` are: the caller opens a stream,
-sends one length-prefixed protobuf, reads one back; the responder answers and closes. This
-module only moves bytes and time; what to answer is decided by the sans-IO policies.
+``/prozchain/bootstrap/1.0``, ``/prozchain/pex/1.0`` and ``/prozchain/stun/1.0`` are: the caller
+opens a stream, sends one length-prefixed protobuf, reads one back; the responder answers and
+closes. This module only moves bytes and time; what to answer is decided by the sans-IO
+policies.
+
+The caller's multistream-select goes out in the same write as the request (header, proposal,
+request) and the listener's echoes come back in front of the answer, so a request on an open
+connection is one round trip, not two (go-libp2p selects lazily like this when its peerstore
+already lists the protocol; we only ask peers that said they serve ours, or bootstrap nodes
+configured as such). A peer that answers ``na`` fails the request as ``unsupported``; it
+never reads the request as a protocol message.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 
+from ..multistream import read_selected, select_message
 from ..wire.framing import MAX_FRAME, FrameError, encode_frame
 from ..wire.messages import DecodeError
 from .frames import read_frame
@@ -72,20 +81,22 @@ async def request(
     stream: INetStream | None = None
     with trio.move_on_after(timeout) as scope:
         try:
-            stream = await host.new_stream(peer_id, [protocol])  # type: ignore[list-item]
-            await stream.write(encode_frame(payload))
+            stream = await host.get_network().new_stream(peer_id)
+            await stream.write(select_message(protocol) + encode_frame(payload))
+            if not await read_selected(stream, protocol):
+                await _reset(stream)
+                raise ExchangeError("unsupported", f"{peer_id} does not serve {protocol}")
             data = await read_frame(stream, MAX_FRAME)
         except FrameError as exc:
             if stream is not None:
                 await _reset(stream)
             raise ExchangeError("framing", str(exc)) from exc
-        except trio.Cancelled:
+        except (trio.Cancelled, ExchangeError):
             raise
         except Exception as exc:
             if stream is not None:
                 await _reset(stream)
-            kind = "unsupported" if stream is None and _said_na(exc) else "stream"
-            raise ExchangeError(kind, f"{type(exc).__name__}: {exc}"[:200]) from exc
+            raise ExchangeError("stream", f"{type(exc).__name__}: {exc}"[:200]) from exc
         await _close(stream)
         return data, stream
     if stream is not None:
@@ -127,22 +138,6 @@ async def serve(
             on_error("stream", exc)
         log.debug("stream error serving %s: %s", stream.get_protocol(), exc)
         await _reset(stream)
-
-
-def _said_na(exc: BaseException) -> bool:
-    """Whether stream negotiation failed because the peer does not speak the protocol.
-
-    py-libp2p 0.8.1 wraps multistream's ``na`` in ``StreamFailure`` from a
-    ``MultiselectClientError("protocols not supported: ...")``.
-    """
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if "not supported" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 async def refuse(stream: INetStream, *, close_connection: bool = False) -> None:
