@@ -171,6 +171,7 @@ class PortMapper:
         self.mappings: dict[Port, PortMapping] = {}
         self.last_error = ""
         self._wake = Wakeup()
+        self._reported: dict[Port, tuple[str, int]] = {}  # what on_change was last told
 
     async def map_once(self) -> list[PortMapping]:
         """Try to map every port; returns what is mapped now."""
@@ -274,19 +275,24 @@ class PortMapper:
 
     def forget(self) -> None:
         """The gateway changed (a new default route): our mappings there are gone or useless."""
-        if self.mappings:
-            self.mappings.clear()
-            self.on_change([])
+        self.mappings.clear()
+        self._report()
         self._wake.set()
+
+    def _report(self) -> None:
+        """Tell ``on_change`` when the external addresses differ from what it was last told (a
+        renewal at the same address is no news; a lost one or a new address is)."""
+        now = {k: (m.external_ip, m.external_port) for k, m in self.mappings.items()}
+        if now != self._reported:
+            self._reported = now
+            self.on_change(list(self.mappings.values()))
 
     async def run(self, *, retry: float = 300.0) -> None:
         """Map, renew at half the lease, retry failures every ``retry`` s; unmap when cancelled."""
         try:
             while True:
-                before = dict(self.mappings)
                 await self.map_once()
-                if self.mappings != before:
-                    self.on_change(list(self.mappings.values()))
+                self._report()
                 now = trio.current_time()
                 renewals = [m.granted_at + max(m.lifetime, 60) / 2 for m in self.mappings.values() if m.lifetime]
                 await self._wake.wait_until(min([*renewals, now + retry]))
@@ -297,11 +303,14 @@ class PortMapper:
                         if renewed is not None:
                             self.mappings[key] = renewed
                         else:
+                            log.warning("renewing the %s mapping %s failed (%s): withdrawn, mapping again",
+                                        m.method, m.multiaddr, self.last_error)
                             del self.mappings[key]  # map_once tries every method again
+                self._report()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.unmap_all()
-            self.on_change([])
+            self._report()
 
     def status(self) -> dict[str, Any]:
         return {
