@@ -410,6 +410,7 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     ]
     for p in st["peers"]:
         out.append(f"{p['peer_id']:<54} {p['source']:<10} {p['direction']:<4} {p['for']:>7}  {p['addr']}")
+    out += _nat_lines(st.get("nat") or {})
     relays, served = st.get("autorelay") or {}, st.get("relay_server") or {}
     if relays.get("relays") or served.get("serving"):
         out.append("")
@@ -419,11 +420,34 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
         out.append(f"via relay  {r['peer_id']}  expires in {r['expires_in']} s")
     for a in relays.get("circuit_addrs") or []:
         out.append(f"circuit    {a}")
+    punched = (st.get("holepunch") or {}).get("peers") or {}
+    if punched:
+        out += ["", f"{'hole punching with':<54} result"]
+        for pid, h in punched.items():
+            result = h.get("result") or h.get("state", "?")
+            if result == "HolepunchNotSupported":
+                result += f" ({h.get('reason', '')})"
+            elif h.get("time_to_direct_s") is not None:
+                result += f" after {h.get('attempts')} attempt(s), {h['time_to_direct_s']} s, via {h.get('remote_addr')}"
+            out.append(f"{pid:<54} {result}")
     if st.get("backoff"):
         out += ["", f"{'backing off':<54} {'fails':>5} {'retry in':>9}  last error"]
         for key, b in st["backoff"].items():
             retry = "gave up" if b["given_up"] else f"{b['retry_in']}s"
             out.append(f"{key:<54} {b['failures']:>5} {retry:>9}  {str(b['last_error'])[:60]}")
+    return out
+
+
+def _nat_lines(nat: dict[str, Any]) -> list[str]:
+    """NatStatus in ``status``: type, raw behaviours, reachability, external addresses, evidence."""
+    if not nat:
+        return []
+    out = ["", f"nat        {nat.get('nat_type', 'unknown')} (mapping {nat.get('mapping', 'unknown')}, "
+           f"filtering {nat.get('filtering', 'unknown')})    reachability {nat.get('reachability', 'unknown')}"]
+    out += [f"external   {a}" for a in nat.get("external_addrs") or []]
+    out += [f"evidence   {e}" for e in nat.get("evidence") or []]
+    if nat.get("port_mapping_error"):
+        out.append(f"mapping    {nat['port_mapping_error']}")
     return out
 
 

@@ -308,6 +308,30 @@ GOOD_STATUS = {
 }
 
 
+def test_status_text_shows_the_nat_and_hole_punching(tmp_path, capsys):
+    st = {**GOOD_STATUS,
+          "nat": {"nat_type": "port_restricted", "mapping": "endpoint_independent",
+                  "filtering": "address_and_port_dependent", "reachability": "public",
+                  "external_addrs": ["/ip4/198.51.100.100/tcp/4001"],
+                  "evidence": ["port mapping pcp: /ip4/198.51.100.100/tcp/4001"], "port_mappings": []},
+          "holepunch": {"peers": {
+              "12D3KooWa": {"state": "start", "result": "direct", "attempts": 1, "time_to_direct_s": 0.36,
+                            "remote_addr": "/ip4/203.0.113.120/tcp/4001"},
+              "12D3KooWb": {"state": "not_supported", "result": "HolepunchNotSupported",
+                            "reason": "our NAT is symmetric"}}}}
+    (tmp_path / "status.json").write_text(json.dumps(st))
+    assert main(["status", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "nat        port_restricted (mapping endpoint_independent, filtering address_and_port_dependent)" in out
+    assert "reachability public" in out and "external   /ip4/198.51.100.100/tcp/4001" in out
+    assert "evidence   port mapping pcp" in out
+    assert "12D3KooWa" in out and "direct after 1 attempt(s), 0.36 s, via /ip4/203.0.113.120/tcp/4001" in out
+    assert "HolepunchNotSupported (our NAT is symmetric)" in out
+    (tmp_path / "status.json").write_text(json.dumps({**GOOD_STATUS, "nat": 3}))
+    assert main(["status", "--data-dir", str(tmp_path)]) == 1  # a damaged part is named, not a traceback
+    assert "wrong type" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "content, what",
     [
