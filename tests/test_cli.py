@@ -202,10 +202,10 @@ def test_bad_network_id_refused(tmp_path, network_id, shown):
     ],
 )
 def test_bad_flag_is_a_usage_error(tmp_path, capsys, args, option):
-    from prozchain_discovery.cli import _build_parser
+    from prozchain_discovery.cli import build_parser
 
     with pytest.raises(SystemExit) as info:  # refused while parsing: nothing runs
-        _build_parser().parse_args(["node", "--data-dir", str(tmp_path), *args])
+        build_parser().parse_args(["node", "--data-dir", str(tmp_path), *args])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: ") and f"error: argument {option}: " in err
@@ -213,26 +213,27 @@ def test_bad_flag_is_a_usage_error(tmp_path, capsys, args, option):
 
 
 def test_log_level_is_case_insensitive():
-    from prozchain_discovery.cli import _build_parser
+    from prozchain_discovery.cli import build_parser
 
-    assert _build_parser().parse_args(["node", "--log-level", "debug"]).log_level == "DEBUG"
+    assert build_parser().parse_args(["node", "--log-level", "debug"]).log_level == "DEBUG"
 
 
 @pytest.mark.parametrize("level, libp2p_level", [("INFO", logging.WARNING), ("DEBUG", logging.DEBUG)])
 def test_libp2p_warnings_are_routed_not_hidden(monkeypatch, level, libp2p_level):
-    from prozchain_discovery import cli, libp2p_logs
+    from prozchain_discovery import libp2p_logs
+    from prozchain_discovery.cli.common import setup_logging
 
     seen: list[int] = []
     monkeypatch.setattr(libp2p_logs, "route_libp2p_logs", lambda lvl, *a, **kw: seen.append(lvl))
-    cli._setup_logging(level)
+    setup_logging(level)
     assert seen == [libp2p_level]
 
 
 def test_dns_server_forms():
-    from prozchain_discovery.cli import _build_parser, _node_config
+    from prozchain_discovery.cli import build_parser, node_config
 
     def dns(text: str) -> tuple[tuple[str, ...], int]:
-        cfg = _node_config(_build_parser().parse_args(["node", "--dns-server", text]))
+        cfg = node_config(build_parser().parse_args(["node", "--dns-server", text]))
         return cfg.bootstrap.dns.nameservers, cfg.bootstrap.dns.port
 
     assert dns("127.0.0.1:5353") == (("127.0.0.1",), 5353)

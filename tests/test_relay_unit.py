@@ -172,12 +172,12 @@ def test_relay_config_section_defaults_to_go_libp2p_limits_and_names_bad_fields(
 
 
 def test_status_text_shows_relays_and_circuit_addresses():
-    from prozchain_discovery.cli import _status_lines
+    from prozchain_discovery.cli import status_lines
 
     st = {"peer_id": "me", "network_id": "n", "phase": "done", "uptime": 1, "connected": 1, "outbound": 1,
           "min_peers": 1, "by_source": {}, "peerdb": {}, "peers": [],
           "autorelay": {"relays": [{"peer_id": "R", "expires_in": 3500.0}],
                         "circuit_addrs": ["/ip4/192.0.2.10/tcp/4001/p2p/R/p2p-circuit"]},
           "relay_server": {"serving": False}}
-    text = "\n".join(_status_lines(st))
+    text = "\n".join(status_lines(st))
     assert "via relay  R" in text and "circuit    /ip4/192.0.2.10/tcp/4001/p2p/R/p2p-circuit" in text
