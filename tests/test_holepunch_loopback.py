@@ -39,6 +39,7 @@ class Peer:
     hp: HolepunchService
     bus: EventBus
     proto: CircuitV2Protocol
+    relay_addr: multiaddr.Multiaddr | None = None  # set on B: the relay it dials A through
 
     @property
     def id(self) -> ID:
@@ -81,12 +82,17 @@ async def relayed_pair(a_nat: str = "unknown", b_nat: str = "unknown") -> AsyncI
             with contextlib.suppress(Exception):
                 await s.close()
             await b.host.connect(info_from_p2p_addr(r_addr))
-            dialer = CircuitV2Transport(b.host, b.proto, RelayConfig(roles=RelayRole.STOP))
-            await dialer.dial(multiaddr.Multiaddr(f"{r_addr}/p2p-circuit/p2p/{a.id}"))
+            b.relay_addr = r_addr
+            await dial_through_relay(b, a)
             try:
                 yield a, b
             finally:
                 nursery.cancel_scope.cancel()
+
+
+async def dial_through_relay(b: Peer, a: Peer) -> None:
+    dialer = CircuitV2Transport(b.host, b.proto, RelayConfig(roles=RelayRole.STOP))
+    await dialer.dial(multiaddr.Multiaddr(f"{b.relay_addr}/p2p-circuit/p2p/{a.id}"))
 
 
 async def test_relayed_connection_is_upgraded_to_direct_and_the_relay_leg_closes():
@@ -149,3 +155,20 @@ async def test_the_composition_root_mounts_holepunch():
     with pytest.raises(Exception, match="attempts"):
         replace(cfg(), holepunch=HolepunchSettings(attempts=0)).validate()
     assert LOOP
+
+
+async def test_after_the_direct_connection_closes_a_new_relayed_one_is_punched_again():
+    """Nothing marks a peer "direct" for good: the punched connection goes, the peer comes back
+    through the relay, and the side that accepted it drives a new session."""
+    async with relayed_pair() as (a, b):
+        await wait_until(lambda: a.hp.metrics.get("holepunch_successes") == 1, 20)
+        await wait_until(lambda: not a.hp._relayed_conns(b.id) and a.hp.has_direct_connection(b.id), 10)
+        await a.host.get_network().close_peer(b.id)
+        await wait_until(lambda: not a.hp._conns(b.id) and not b.hp._conns(a.id), 10)
+        assert not a.hp.has_direct_connection(b.id)
+        await dial_through_relay(b, a)
+        await wait_until(lambda: a.hp.metrics.get("holepunch_successes") == 2, 20)
+        await wait_until(lambda: a.hp.has_direct_connection(b.id) and b.hp.has_direct_connection(a.id), 10)
+        res = a.hp.result(b.id)
+        assert isinstance(res, HolepunchResult) and res.outcome == "direct"
+        assert b.hp.metrics.get("holepunch_attempts") == 0

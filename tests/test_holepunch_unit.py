@@ -244,3 +244,75 @@ def test_lazy_select_sends_the_proposal_at_once_and_checks_the_echo_later():
         assert trio.run(client, Wire(header + noise + b"msg2"), split) == b"msg2"
     with pytest.raises(IOException):
         trio.run(client, Wire(header + encode_delim(b"na") + b"msg2"), False)
+
+
+# ---- after the happy path -------------------------------------------------------------------------
+def test_a_backoff_that_ended_is_no_deadline_any_more():
+    """next_deadline() must not keep naming a retry time that passed: the service's loop waits
+    until it, so a past one made it spin (a busy loop after every failed or unsupported punch)."""
+    book: PunchBook[str] = PunchBook(HolepunchParams(backoff_base=60, backoff_max=240))
+    why = HolepunchNotSupported("symmetric", "symmetric", "symmetric NAT (both)")
+    assert book.begin("p", 0.0)
+    book.end("p", 0.0, "failed")
+    book.note_not_supported("q", 0.0, why)
+    assert book.next_deadline() == 60.0
+    book.on_timer(60.0)
+    assert book.next_deadline() == 240.0
+    book.on_timer(240.0)
+    assert book.next_deadline() is None
+    assert book.verdict("p", 240.0) is Verdict.START and book.verdict("q", 240.0) is Verdict.START
+    assert book.begin("p", 300.0)  # failed again: a new backoff, doubled, and a new deadline
+    book.end("p", 300.0, "failed")
+    assert book.retry_at("p") == 420.0 and book.next_deadline() == 420.0
+
+
+def test_after_a_direct_connection_closes_a_new_relayed_one_may_punch_again():
+    book: PunchBook[str] = PunchBook(HolepunchParams(backoff_base=60))
+    assert book.begin("p", 0.0)
+    book.end("p", 1.0, "direct")
+    assert book.verdict("p", 1.0) is Verdict.START  # nothing marks the peer "direct" for good
+    assert book.begin("p", 500.0)
+    book.end("p", 510.0, "failed")  # this time the punch fails: backoff from now on
+    assert book.verdict("p", 569.0) is Verdict.BACKING_OFF and not book.begin("p", 569.0)
+    assert book.begin("p", 570.0)
+
+
+def test_the_punch_book_stays_bounded_under_many_failing_peers():
+    book: PunchBook[int] = PunchBook(HolepunchParams(max_peers=64, backoff_base=60))
+    for p in range(10_000):
+        now = float(p)
+        if book.begin(p, now):
+            book.end(p, now + 0.5, "failed")
+        assert len(book) <= 64
+    assert len(book) == 64 and len(book.snapshot(10_000.0)) == 64
+    deadline = book.next_deadline()
+    assert deadline is not None and deadline >= 10_000.0 - 64
+
+
+async def test_the_service_loop_sleeps_after_a_backoff_ended():
+    """HolepunchService.run with a failed peer whose backoff is over: the loop must block."""
+    import trio
+
+    from prozchain_discovery.events import EventBus
+    from prozchain_discovery.holepunch.service import HolepunchService
+    from prozchain_discovery.metrics import Metrics
+
+    hp = HolepunchService(object(), bus=EventBus(), metrics=Metrics())  # type: ignore[arg-type]
+    now = trio.current_time()
+    assert hp.book.begin("p", now - 1000.0)  # type: ignore[arg-type]
+    hp.book.end("p", now - 1000.0, "failed")  # type: ignore[arg-type]  # backoff ended long ago
+    wakes = 0
+    on_timer = hp.book.on_timer
+
+    def counting(t: float) -> None:
+        nonlocal wakes
+        wakes += 1
+        on_timer(t)
+
+    hp.book.on_timer = counting  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hp.run)
+        for _ in range(200):
+            await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+    assert wakes <= 2

@@ -172,7 +172,7 @@ def test_relay_config_section_defaults_to_go_libp2p_limits_and_names_bad_fields(
 
 
 def test_status_text_shows_relays_and_circuit_addresses():
-    from prozchain_discovery.cli import status_lines
+    from prozchain_discovery.cli.status import status_lines
 
     st = {"peer_id": "me", "network_id": "n", "phase": "done", "uptime": 1, "connected": 1, "outbound": 1,
           "min_peers": 1, "by_source": {}, "peerdb": {}, "peers": [],
@@ -181,3 +181,118 @@ def test_status_text_shows_relays_and_circuit_addresses():
           "relay_server": {"serving": False}}
     text = "\n".join(status_lines(st))
     assert "via relay  R" in text and "circuit    /ip4/192.0.2.10/tcp/4001/p2p/R/p2p-circuit" in text
+
+
+# ---- after the happy path: outages and late answers ---------------------------------------------
+def test_a_relay_that_lets_its_reservation_expire_backs_off_and_another_takes_its_place():
+    """A relay gone silent (its connection died without a close): the renewal is never answered,
+    the reservation expires. Counting that as a failure keeps us from asking the same silent
+    relay again at once while a working one waits."""
+    p: AutoRelayPolicy[str] = AutoRelayPolicy(target=1, backoff_base=10.0)
+    p.add_candidate("silent", "g")
+    p.add_candidate("good", "g")
+    assert reserves(p.actions(0.0)) == ["silent"]
+    grant(p, "silent", 0.0, ttl=100.0)
+    assert p.actions(80.0) == [Reserve("silent", renewal=True)]  # never answered
+    acts = p.actions(100.0)
+    assert Release("silent", "expired") in acts
+    assert reserves(acts) == ["good"] and p.in_backoff("silent", 100.0)
+    assert p.circuit_addrs() == ()
+    p.check()
+    assert p.in_backoff("silent", 109.0) and not p.in_backoff("silent", 110.0)
+    assert p.failed("silent", 101.0) == []  # the renewal's time-out, later: nothing held to release
+    p.check()
+
+
+def test_a_renewal_answered_after_its_reservation_expired_does_not_exceed_the_target():
+    p: AutoRelayPolicy[str] = AutoRelayPolicy(target=1, backoff_base=10.0)
+    p.add_candidate("slow", "g")
+    p.add_candidate("other", "g")
+    p.actions(0.0)
+    grant(p, "slow", 0.0, ttl=100.0)
+    p.actions(80.0)  # renewal sent
+    assert reserves(p.actions(100.0)) == ["other"]  # expired first; "other" takes the place
+    grant(p, "slow", 101.0)  # the renewal's answer, too late
+    p.check()
+    assert list(p.held) == [] and p.pending == {"other"} and p.in_backoff("slow", 101.0)
+    grant(p, "other", 102.0)
+    assert list(p.held) == ["other"]
+    p.check()
+
+
+def test_a_late_answer_from_a_relay_that_went_away_keeps_its_backoff():
+    p: AutoRelayPolicy[str] = AutoRelayPolicy(target=1, backoff_base=10.0)
+    p.add_candidate("a", "g")
+    p.actions(0.0)
+    grant(p, "a", 0.0, ttl=100.0)
+    assert p.actions(80.0) == [Reserve("a", renewal=True)]
+    assert p.remove_candidate("a", 81.0) == [Release("a", "disconnected")]
+    grant(p, "a", 82.0, ttl=100.0)  # the renewal's answer was already on its way
+    assert p.held == {}
+    p.add_candidate("a", "g")  # it reconnects at once: still in backoff from the disconnect
+    assert p.actions(83.0) == [] and p.next_deadline() == 91.0
+    assert reserves(p.actions(91.0)) == ["a"]
+    p.check()
+
+
+def test_a_refused_renewal_releases_the_relay_and_it_is_asked_again_after_backoff():
+    p: AutoRelayPolicy[str] = AutoRelayPolicy(target=1, backoff_base=10.0)
+    p.add_candidate("a", "g")
+    p.actions(0.0)
+    grant(p, "a", 0.0, ttl=100.0)
+    p.actions(80.0)
+    assert p.failed("a", 81.0) == [Release("a", "renewal failed")]  # RESERVATION_REFUSED
+    assert p.circuit_addrs() == () and p.actions(85.0) == [] and p.next_deadline() == 91.0
+    assert reserves(p.actions(91.0)) == ["a"]
+    grant(p, "a", 92.0)
+    assert p.circuit_addrs() and not p.in_backoff("a", 92.0)
+    p.check()
+
+
+def test_every_relay_gone_then_one_back_and_public_then_private_again():
+    p: AutoRelayPolicy[str] = AutoRelayPolicy(target=2, backoff_base=1.0)
+    for k in ("a", "b"):
+        p.add_candidate(k, k)
+    p.actions(0.0)
+    grant(p, "a", 0.0)
+    grant(p, "b", 0.0)
+    p.remove_candidate("a", 1.0)
+    p.remove_candidate("b", 1.0)
+    assert p.circuit_addrs() == () and p.actions(1.0) == [] and p.next_deadline() is None
+    p.add_candidate("a", "a")  # the same peer id reconnects
+    assert p.next_deadline() == 2.0 and reserves(p.actions(2.0)) == ["a"]
+    grant(p, "a", 2.0)
+    assert [r.relay for r in p.set_public(True)] == ["a"] and p.actions(3.0) == []
+    p.set_public(False)
+    assert reserves(p.actions(4.0)) == ["a"]  # no stale "public" left behind
+    p.check()
+
+
+def test_random_operations_with_renewals_and_late_answers_keep_the_invariants():
+    """As above, but answers also come for renewals and for requests already dropped (expired,
+    disconnected, public meanwhile), in any order: the outages of a real network."""
+    rng = random.Random(11)
+    p: AutoRelayPolicy[int] = AutoRelayPolicy(target=2, backoff_base=1.0, backoff_cap=8.0)
+    asked: list[int] = []  # every request ever sent, answered or not
+    now = 0.0
+    for _ in range(20_000):
+        now += rng.random() * 3
+        op = rng.randrange(8)
+        relay = rng.randrange(6)
+        if op == 0:
+            p.add_candidate(relay, f"g{relay % 2}")
+        elif op == 1:
+            p.remove_candidate(relay, now)
+        elif op == 2:
+            p.set_public(rng.random() < 0.2)
+        elif op in (3, 4) and asked:
+            k = asked.pop(rng.randrange(len(asked)))
+            if op == 3:
+                p.reserved(k, now + rng.choice([4.0, 20.0, 3600.0]), (f"/c/{k}",), now)
+            else:
+                p.failed(k, now)
+        else:
+            asked += [a.relay for a in p.actions(now) if isinstance(a, Reserve)]
+            del asked[:-16]
+        p.check()
+        assert len(p._backoff) <= 6

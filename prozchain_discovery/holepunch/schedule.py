@@ -266,6 +266,7 @@ class PunchBook(Generic[K]):
     def __init__(self, params: HolepunchParams | None = None) -> None:
         self.params = (params or HolepunchParams()).validate()
         self._peers: OrderedDict[K, _PeerEntry] = OrderedDict()
+        self._timer_at = float("-inf")  # the last on_timer(now): backoffs over by then wait no more
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -346,12 +347,17 @@ class PunchBook(Generic[K]):
         return e
 
     def next_deadline(self) -> float | None:
-        """When the earliest backoff ends (for a status refresh); None if nobody waits."""
-        waits = [e.retry_at for e in self._peers.values() if not e.running and e.retry_at > e.updated]
+        """When the earliest backoff ends (for a status refresh); None if nobody waits.
+
+        A backoff that ended by the last :meth:`on_timer` is no deadline any more: the service
+        sleeps until this time, and a past one kept it spinning."""
+        waits = [e.retry_at for e in self._peers.values()
+                 if not e.running and e.retry_at > max(e.updated, self._timer_at)]
         return min(waits) if waits else None
 
     def on_timer(self, now: float) -> None:
         """Forget entries whose backoff ended long ago and that hold nothing worth keeping."""
+        self._timer_at = max(self._timer_at, now)
         stale = [k for k, e in self._peers.items()
                  if not e.running and e.failures == 0 and e.not_supported is None
                  and now - e.updated > self.params.backoff_max]

@@ -19,7 +19,8 @@ Rules:
    the same group still beats none (a LAN or loopback test network has one group).
 3. **Renewal**: a held reservation is renewed ``slack`` seconds before it expires, where
    ``slack`` is a quarter of its lifetime, at most 2 minutes (go renews within 2 minutes of
-   expiry); an expired one is dropped.
+   expiry); an expired one is dropped, and its relay backs off as in rule 4 (a relay that let
+   it run out, e.g. one whose connection died without a close, is not asked again at once).
 4. **Failure and loss**: a refused reservation or a relay that disconnects puts that relay in
    exponential backoff (``backoff_base`` doubling up to ``backoff_cap``) and another candidate
    takes its place at once.
@@ -113,10 +114,13 @@ class AutoRelayPolicy(Generic[K]):
 
     def reserved(self, relay: K, expires_at: float, addrs: tuple[str, ...], now: float) -> None:
         """The relay accepted (or renewed) our reservation until ``expires_at``."""
+        asked = relay in self.pending or relay in self.held
         self.pending.discard(relay)
+        if not asked or relay not in self.candidates or not self.wanted():
+            # Dropped while in flight (expired, went away: its backoff stays; or we turned
+            # public); another relay may have its place by now.
+            return
         self._backoff.pop(relay, None)
-        if relay not in self.candidates or not self.wanted():
-            return  # went away, or we turned public, while the request was in flight
         lifetime = max(0.0, expires_at - now)
         slack = min(MAX_SLACK, lifetime / 4)
         self.held[relay] = HeldReservation(expires_at, max(now, expires_at - slack), tuple(addrs))
@@ -144,6 +148,7 @@ class AutoRelayPolicy(Generic[K]):
         for relay, held in list(self.held.items()):
             if held.expires_at <= now:
                 del self.held[relay]
+                self._fail(relay, now)
                 out.append(Release(relay, "expired"))
             elif held.renew_at <= now and not held.renewing:
                 held.renewing = True
