@@ -54,7 +54,9 @@ class ObservedAddrs:
     def on_timer(self, now: float) -> None:
         for key in list(self._reports):
             observers = self._reports[key]
-            for reporter in [r for r, t in observers.items() if now - t >= self.ttl]:
+            # ``t + ttl <= now`` as next_deadline sums it: ``now - t >= ttl`` rounds otherwise at
+            # a large clock, the report outlives its deadline and the owner's loop spins on it.
+            for reporter in [r for r, t in observers.items() if t + self.ttl <= now]:
                 del observers[reporter]
             if not observers:
                 del self._reports[key]

@@ -50,7 +50,9 @@ class DialRace:
         if self.until is None:
             return len(self.in_flight) < self.limit
         missing = self.until - connected
-        late = sum(1 for t in self.in_flight.values() if now - t >= self.hedge_delay)
+        # ``t + delay <= now``, not ``now - t >= delay``: the same sum as next_deadline, or at a
+        # large clock the two round apart and the dialer wakes at the deadline to find no late dial.
+        late = sum(1 for t in self.in_flight.values() if t + self.hedge_delay <= now)
         return len(self.in_flight) < min(self.limit, missing + late)
 
     def start(self, now: float, connected: int) -> int:

@@ -332,7 +332,10 @@ class StunClient:
                 continue
             if now < t.next_at(self.max_sends, self.final_wait):
                 continue
-            if t.gives_up_at(self.max_sends, self.final_wait):
+            # Past its timeout (a late call) it ends now: a retransmission would leave the
+            # timeout, already passed, as the next deadline.
+            timed_out = t.timeout is not None and now >= t.first_sent + t.timeout
+            if timed_out or t.gives_up_at(self.max_sends, self.final_wait):
                 del self._pending[tid]
                 self._remember(tid)
                 self.stats["timeouts"] += 1

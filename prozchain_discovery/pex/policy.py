@@ -71,6 +71,7 @@ class PeerExchange:
         self._retry_at: dict[ID, float] = {}  # requester: responder said "not before"
         self._fetch_saturated = False  # address fetch stopped paying
         self._next_fetch: float | None = None  # the next address-fetch round
+        self._timer_at = float("-inf")  # the last on_timer(now)
 
     # ---- responder -------------------------------------------------------------------------
     def handle_request(
@@ -106,7 +107,9 @@ class PeerExchange:
         if retry_at is not None and now < retry_at:
             return False
         last = self._last_exchange.get(peer_id)
-        return last is None or now - last >= self.config.exchange_interval
+        # Sums, as next_request_at computes them: ``now - last >= interval`` can round the other
+        # way, and a peer would then be not due at its own deadline.
+        return last is None or last + self.config.exchange_interval <= now
 
     def next_request_at(self, peer_id: ID, now: float) -> float:
         last = self._last_exchange.get(peer_id)
@@ -153,14 +156,17 @@ class PeerExchange:
         first = self.config.first_request_delay
         return [
             pid for pid, since in peers
-            if now - since >= first and self.should_request_peers_from(pid, now)
+            if since + first <= now and self.should_request_peers_from(pid, now)
         ]
 
     def next_deadline(self, peers: Iterable[tuple[ID, float]], now: float) -> float | None:
         """When the next of ``peers`` falls due, or the next address-fetch round, if ever."""
         first = self.config.first_request_delay
         times = [max(since + first, self.next_request_at(pid, now)) for pid, since in peers]
-        if self._next_fetch is not None:
+        # A fetch round still due at the last on_timer waits for a connection (the service asks
+        # fetch_due only while connected; PeerConnected wakes it): as a deadline it kept an
+        # isolated node's loop waking every 50 ms for nothing.
+        if self._next_fetch is not None and self._next_fetch > self._timer_at:
             times.append(self._next_fetch)
         return min(times) if times else None
 
@@ -176,6 +182,7 @@ class PeerExchange:
         return True
 
     def on_timer(self, now: float) -> None:
+        self._timer_at = max(self._timer_at, now)
         self.forget_old(now)
 
     def addr_fetch_budget(self, book_size: int, uptime: float) -> int:
@@ -197,4 +204,4 @@ class PeerExchange:
         horizon = self.config.exchange_interval
         self._served = {p: s for p, s in self._served.items() if now - s.at < horizon}
         self._retry_at = {p: t for p, t in self._retry_at.items() if t > now}
-        self._last_exchange = {p: t for p, t in self._last_exchange.items() if now - t < horizon}
+        self._last_exchange = {p: t for p, t in self._last_exchange.items() if t + horizon > now}

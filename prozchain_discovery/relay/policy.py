@@ -166,16 +166,15 @@ class AutoRelayPolicy(Generic[K]):
         ready = [k for k in self.candidates
                  if k not in self.held and k not in self.pending and self._ready(k, now)]
         # Fresh groups first (rule 2); within each, the order peers connected in.
-        ready.sort(key=lambda k: self.candidates[k] in used)
+        # Two passes: one skipping used groups could end with slots free and ready candidates
+        # left over (target 3: a1, a2 in one group, b in another gave a1, b); next_deadline then
+        # named their ended backoff, a deadline already past, and the client woke again at once.
         chosen: list[K] = []
         for k in ready:
-            if len(chosen) == free:
-                break
-            group = self.candidates[k]
-            if group in used and any(self.candidates[o] not in used for o in ready if o not in chosen):
-                continue
-            chosen.append(k)
-            used.add(group)
+            if len(chosen) < free and self.candidates[k] not in used:
+                chosen.append(k)
+                used.add(self.candidates[k])
+        chosen += [k for k in ready if k not in chosen][: free - len(chosen)]
         return chosen
 
     def _ready(self, relay: K, now: float) -> bool:
