@@ -190,16 +190,16 @@ class Wakeup:
 
     async def wait(self, timeout: float = math.inf) -> bool:
         """Sleep until set or ``timeout`` seconds; True if woken by :meth:`set`."""
+        return await self.wait_until(trio.current_time() + max(0.0, timeout))
+
+    async def wait_until(self, deadline: float | None) -> bool:
+        """As :meth:`wait`, to an absolute trio time (None: no deadline). The deadline goes to
+        trio as it is: turned into a timeout and back it could round to a moment early, and a
+        core asked at that moment would not yet be due."""
         if not self._pending:
-            with trio.move_on_after(max(0.0, timeout)):
+            with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._event.wait()
         woke = self._pending
         self._pending = False
         self._event = trio.Event()
         return woke
-
-    async def wait_until(self, deadline: float | None) -> bool:
-        """As :meth:`wait`, to an absolute trio time (None: no deadline)."""
-        if deadline is None:
-            return await self.wait()
-        return await self.wait(deadline - trio.current_time())

@@ -44,6 +44,21 @@ async def test_static_peer_is_redialed_after_a_ten_minute_outage(autojump_clock)
         assert static_id in svc.connected, svc.status()["backoff"]
 
 
+async def test_a_static_peer_the_address_filter_refuses_waits_for_its_backoff(autojump_clock):
+    """Before: the refusal recorded nothing, retry_in stayed 0 and the static-peer loop asked
+    again every 0.2 s for ever, an error line each time."""
+    _, static_id = identity(22)
+    host = FakeHost()
+    c = cfg(static=(_addr(static_id),), min_peers=1, backoff=QUICK_GIVE_UP)
+    async with DiscoveryService(host, c, addr_filter=lambda addrs: "not on loopback here").run() as svc:
+        await trio.sleep(60.0)
+        refused = svc.metrics.get("dials_refused_loopback_only")
+        assert 1 <= refused <= 60 / QUICK_GIVE_UP.cap + 5  # at the backoff's pace (cap 2 s), not every 0.2 s
+        st = svc.dialer.backoff.state(static_id.to_bytes())
+        assert st.failures == refused and not st.given_up and "address filter" in st.last_error
+        assert host.dials == []
+
+
 async def test_bootstrap_node_is_never_given_up(autojump_clock):
     _, boot_id = identity(21)
     t0 = trio.current_time()

@@ -121,17 +121,24 @@ class Dialer:
         timeout: float | None = None,
     ) -> bool:
         """Dial with backoff bookkeeping. True if connected (already or now)."""
-        if peer_id == self.local_id or self.book.is_wrong_network(peer_id):
+        if peer_id == self.local_id:
+            return False
+        key = peer_id.to_bytes()
+        now = self.now()
+        if self.book.is_wrong_network(peer_id):
+            # A refusal counts as a failure: a caller that always wants this peer (static peers,
+            # bootstrap nodes) waits for the backoff instead of asking again at once.
+            if self.backoff.allowed(key, now):
+                self.backoff.record_failure(key, now, "on another network")
             return False
         if peer_id in self.connections:
             return True
         addr_list = [strip_p2p(a) for a in addrs]
-        key = peer_id.to_bytes()
         db = self.book.db
-        now = self.now()
         if not self.backoff.allowed(key, now):
             return False
         if not self.may_contact(addr_list, f"dial {peer_id}"):
+            self.backoff.record_failure(key, now, "refused by the address filter")
             return False
         self.connections.note_intent(peer_id, source)
         self.backoff.record_attempt(key, now)

@@ -81,7 +81,7 @@ class PexService:
                             batch.start_soon(self.request_peers, pid)
                 self.policy.on_timer(trio.current_time())
                 deadline = self.policy.next_deadline(self._outbound(), trio.current_time())
-                # Never busier than every 50 ms (a peer whose request failed is due again at once).
+                # Never busier than every 50 ms, whatever the config (exchange_interval may be 0).
                 await self._wake.wait_until(None if deadline is None else max(deadline, trio.current_time() + 0.05))
 
     async def request_peers(self, peer_id: ID) -> int:
