@@ -6,10 +6,17 @@ The dialer, cascade, static peers and PEX run as in a node, on a host stand-in
 
 from __future__ import annotations
 
+import collections
+
 import trio
 from multiaddr import Multiaddr
 
-from prozchain_discovery.config import BackoffConfig
+from prozchain_discovery.config import (
+    BackoffConfig,
+    BootstrapConfig,
+    DiscoveryConfig,
+    PeerDbSettings,
+)
 from prozchain_discovery.events import Wakeup
 from prozchain_discovery.peerdb import PeerSource
 from prozchain_discovery.service import DiscoveryService
@@ -177,3 +184,38 @@ async def test_a_banned_peer_is_disconnected_as_soon_as_it_connects(autojump_clo
         await host.open(abuser)
         await trio.sleep(0.1)
         assert abuser in svc.connected
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """How often each task ran (trio task steps), by ``Class.method``."""
+
+    def __init__(self) -> None:
+        self.steps: collections.Counter[str] = collections.Counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[".".join(task.name.split(".")[-2:])] += 1
+
+
+async def test_a_settled_node_sleeps(autojump_clock):
+    """With the shipped intervals, a node that has settled (alone, with an unreachable bootstrap
+    node, or connected to a peer whose identify never answers) runs each task at most about
+    once a second. A loop that polls or spins shows here: AutoRelay polled a peer without a
+    protocol list ten times a second for as long as it stayed connected (4 steps/s)."""
+    _, boot_id = identity(23)
+    boot = (_addr(boot_id),)
+    window = 600.0
+    for name, nodes, reachable in (("alone", (), True), ("unreachable bootstrap", boot, False),
+                                   ("connected", boot, True)):
+        c = DiscoveryConfig(network_id="t", listen=("/ip4/127.0.0.1/tcp/0",),
+                            bootstrap=BootstrapConfig(bootstrap_nodes=nodes, min_peers_for_startup=1),
+                            peerdb=PeerDbSettings(path=":memory:"))
+        host = FakeHost(reachable=lambda pid, now, ok=reachable: ok)
+        async with DiscoveryService(host, c).run():
+            await trio.sleep(120.0)  # start-up done
+            counter = _TaskSteps()
+            trio.lowlevel.add_instrument(counter)
+            await trio.sleep(window)
+            trio.lowlevel.remove_instrument(counter)
+        _busiest, steps = counter.steps.most_common(1)[0]
+        assert steps / window <= 1.5, (name, counter.steps.most_common(4))
+        assert sum(counter.steps.values()) / window <= 4.0, (name, counter.steps.most_common(4))

@@ -61,6 +61,7 @@ class AutoRelay:
         )
         self.published: tuple[multiaddr.Multiaddr, ...] = ()
         self._identify_wait: dict[ID, float] = {}
+        self._unidentified: set[ID] = set()  # no protocol list within IDENTIFY_WINDOW: no more polling
         self._next_rescan = 0.0
         self._wake = Wakeup()
         bus.subscribe(PeerConnected, self._on_connected)
@@ -78,6 +79,7 @@ class AutoRelay:
 
     def _on_disconnected(self, ev: PeerDisconnected) -> None:
         self._identify_wait.pop(ev.peer_id, None)
+        self._unidentified.discard(ev.peer_id)
         self._log_releases(self.policy.remove_candidate(ev.peer_id, trio.current_time()))
         self._publish()
         self._wake.set()
@@ -97,27 +99,44 @@ class AutoRelay:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _look_at_identified(self, now: float) -> None:
+        """Connected peers whose identify lists hop become candidates. A new connection is polled
+        for its protocol list (every IDENTIFY_POLL, for IDENTIFY_WINDOW); after that, and for
+        every other connected peer, one look per rescan: a peer whose identify never came would
+        otherwise be polled ten times a second, two thirds of the time, for as long as it stays."""
         if now >= self._next_rescan:
             self._next_rescan = now + RESCAN_INTERVAL
             for cp in self.connections.peers():
-                if cp.peer_id not in self.policy.candidates and "p2p-circuit" not in cp.addr:
+                if cp.peer_id in self.policy.candidates or "p2p-circuit" in cp.addr:
+                    continue
+                if cp.peer_id in self._unidentified:
+                    self._consider(cp.peer_id, self._protocols(cp.peer_id))
+                else:
                     self._identify_wait.setdefault(cp.peer_id, now)
-        peerstore = self.host.get_peerstore()
         for pid, since in list(self._identify_wait.items()):
-            try:
-                protocols = peerstore.get_protocols(pid)
-            except Exception:  # py-libp2p raises for a peer it has nothing on yet
-                protocols = []
+            protocols = self._protocols(pid)
             if not protocols:
                 if now - since > IDENTIFY_WINDOW:
                     del self._identify_wait[pid]
+                    self._unidentified.add(pid)
                 continue
             del self._identify_wait[pid]
-            addr = self.connections.addr_of(pid)
-            if HOP_PROTOCOL in protocols and addr is not None and not is_relayed(addr):
-                if pid not in self.policy.candidates:
-                    log.debug("relay candidate %s (%s)", pid, addr)
-                self.policy.add_candidate(pid, network_group(addr))
+            self._consider(pid, protocols)
+
+    def _protocols(self, pid: ID) -> list[str]:
+        try:
+            return list(self.host.get_peerstore().get_protocols(pid))
+        except Exception:  # py-libp2p raises for a peer it has nothing on yet
+            return []
+
+    def _consider(self, pid: ID, protocols: list[str]) -> None:
+        if not protocols:
+            return
+        self._unidentified.discard(pid)
+        addr = self.connections.addr_of(pid)
+        if HOP_PROTOCOL in protocols and addr is not None and not is_relayed(addr):
+            if pid not in self.policy.candidates:
+                log.debug("relay candidate %s (%s)", pid, addr)
+            self.policy.add_candidate(pid, network_group(addr))
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
