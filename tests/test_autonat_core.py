@@ -340,3 +340,50 @@ def test_client_policy_stays_bounded_and_consistent_under_any_answers(ops, confi
             assert len(v.streak_servers) <= 4
             if v.reachability is not Reachability.UNKNOWN:
                 assert v.confirmed_at is not None
+
+
+def test_a_re_probe_in_flight_leaves_nothing_due_until_it_answers():
+    """next_deadline agreed with on_timer only for fresh addresses: while the one re-probe of
+    a confirmed address was in flight it said "now" and the probe loop spun at 100% CPU."""
+    pol = AutonatClientPolicy(confirmations=3, reprobe_interval=100.0)
+    pol.set_addresses([PUB], 0.0)
+    pol.set_servers(["a", "b", "c"], 0.0)
+    _answer(pol, pol.on_timer(0.0), ProbeOutcome.REACHABLE, 1.0)
+    (p,) = pol.on_timer(101.0)
+    assert pol.on_timer(101.0) == [] and pol.next_deadline() != 101.0
+    pol.on_result(p, ProbeOutcome.UNREACHABLE, 102.0)  # a contrary answer: two more, at once
+    assert pol.next_deadline() == 102.0 and len(pol.on_timer(102.0)) == 2
+
+
+def test_server_churn_grows_neither_the_streak_nor_the_asked_table():
+    pol = AutonatClientPolicy(confirmations=3, reprobe_interval=100.0)
+    pol.set_addresses([PUB], 0.0)
+    now = 0.0
+    for i in range(300):  # a new server every re-probe, all agreeing
+        pol.set_servers([f"s{i}", f"t{i}", f"u{i}"], now)
+        _answer(pol, pol.on_timer(now), ProbeOutcome.REACHABLE, now + 1)
+        now += 101.0
+    v = pol.addrs[PUB]
+    assert v.reachability is Reachability.PUBLIC
+    assert len(v.streak_servers) <= 3 and len(v.asked) <= 3 and len(v.confirmed_by) <= 3
+
+
+def test_a_verdict_nobody_re_confirms_lapses_and_a_new_network_forgets_them_all():
+    pol = AutonatClientPolicy(confirmations=3, reprobe_interval=100.0)
+    pol.set_addresses([PUB], 0.0)
+    pol.set_servers(["a", "b", "c"], 0.0)
+    _answer(pol, pol.on_timer(0.0), ProbeOutcome.REACHABLE, 1.0)
+    pol.set_servers([], 2.0)  # the servers that confirmed us left: the verdict stands ...
+    assert pol.on_timer(150.0) == [] and pol.reachability is Reachability.PUBLIC
+    pol.on_timer(200.0)
+    assert pol.reachability is Reachability.PUBLIC and pol.next_deadline() == 201.0
+    pol.on_timer(201.0)  # ... until it is two re-probe intervals old
+    assert pol.reachability is Reachability.UNKNOWN and pol.evidence() == ()
+    pol.set_servers(["a", "b", "c"], 202.0)  # they are back: confirmed again
+    _answer(pol, pol.on_timer(202.0), ProbeOutcome.REACHABLE, 203.0)
+    assert pol.reachability is Reachability.PUBLIC
+    (late,) = pol.on_timer(303.0)
+    pol.forget_verdicts(304.0)  # a new default route
+    assert pol.reachability is Reachability.UNKNOWN and pol.next_deadline() == 304.0
+    assert not pol.on_result(late, ProbeOutcome.REACHABLE, 305.0)  # asked on the old network
+    assert pol.addrs[PUB].results == {}

@@ -74,6 +74,7 @@ from .autonat_core import (
     ServerVerdict,
     dialable_tcp,
 )
+from .status import Reachability
 
 __all__ = ["AutonatService", "DialerFactory"]
 
@@ -146,7 +147,10 @@ class AutonatService:
         self._pending: dict[int, _Pending] = {}
         self._external: tuple[str, ...] = ()
         self._observed: dict[str, set[bytes]] = {}  # observed IP -> reporters (newest last)
-        self._published: ReachabilityConfirmed | None = None
+        # What the NAT component was last told (nothing yet: unknown, no evidence).
+        self._published = ReachabilityConfirmed(Reachability.UNKNOWN, ())
+        self._network = 0  # NatStatus.network: a new default route forgets every verdict
+        self._wall_offset: float | None = None  # time.time() - trio.current_time(), fixed once
         self._identify_pending = False
         self._nursery: trio.Nursery | None = None
         self._hanging_up: dict[ID, trio.Event] = {}  # dial-back connections being closed
@@ -158,6 +162,11 @@ class AutonatService:
 
     # ---- inputs from the bus ----------------------------------------------------------------
     def _on_nat(self, ev: NatStatusChanged) -> None:
+        if ev.status.network != self._network:  # another network: old answers say nothing
+            self._network = ev.status.network
+            self._observed.clear()
+            self.client_policy.forget_verdicts(trio.current_time())
+            self._wake.set()
         if ev.status.external_addrs != self._external:
             self._external = ev.status.external_addrs
             self._wake.set()
@@ -200,6 +209,8 @@ class AutonatService:
                 self.client_policy.set_servers(self._servers(), now)
                 for probe in self.client_policy.on_timer(now):
                     nursery.start_soon(self._probe_task, probe)
+                # An address gone, a verdict lapsed or forgotten changes what we know, too.
+                self._publish()
                 nxt = self.client_policy.next_deadline()
                 poll = IDENTIFY_POLL if self._identify_pending and self.client_policy.addrs else POLL
                 until = now + poll if nxt is None else min(nxt, now + poll)
@@ -265,10 +276,12 @@ class AutonatService:
             self._publish()
             self._wake.set()
 
-    @staticmethod
-    def _wall_clock(t: float) -> str:
-        """A trio time as UTC wall-clock text, for people reading status.json."""
-        wall = time.time() - (trio.current_time() - t)
+    def _wall_clock(self, t: float) -> str:
+        """A trio time as UTC wall-clock text, for people reading status.json. The offset is
+        taken once, so the same verdict always reads the same (and is not re-published)."""
+        if self._wall_offset is None:
+            self._wall_offset = time.time() - trio.current_time()
+        wall = self._wall_offset + t
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
     def _publish(self) -> None:

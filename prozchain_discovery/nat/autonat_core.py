@@ -12,14 +12,20 @@ what the answers add up to. Design, after go-libp2p's autonatv2 and its address 
 3. A confirmed address is asked about again after ``reprobe_interval`` (1 h, as go's address
    tracker); an unconfirmed one at once, by another server. A server that gave a conclusive
    answer about an address is not asked about it again before the re-probe; one that failed
-   (refused, errors, a dial-back without our nonce) waits ``retry_interval``.
+   (refused, errors, a dial-back without our nonce) waits ``retry_interval``. A verdict that no
+   answer re-confirmed for ``verdict_ttl`` (2 re-probe intervals: its servers left, or all
+   refuse) lapses to unknown; servers leaving alone do not change it.
 4. With no server to ask, the next look is after an exponential backoff (5 s doubling to
    5 min), reset when the server set changes.
 5. Our reachability: public if any address is confirmed reachable; private if some address is
    confirmed unreachable and none reachable; unknown otherwise. :meth:`evidence` says which
    servers said what about which address, and when.
 
-Bounded: at most ``MAX_TRACKED_ADDRS`` addresses, and per address one entry per server.
+6. A new network (:meth:`forget_verdicts`) forgets every verdict and ignores answers to the
+   probes then in flight.
+
+Bounded: at most ``MAX_TRACKED_ADDRS`` addresses; per address, ``confirmations`` streak
+entries and one ``asked`` entry per server asked within the last re-probe interval.
 
 Server (:class:`AutonatServerPolicy`) — whether to serve a request and what to dial:
 
@@ -113,11 +119,13 @@ class AutonatClientPolicy:
         max_in_flight: int = 3,
         no_server_backoff: tuple[float, float] = (5.0, 300.0),
         label: Callable[[Hashable], str] = str,
+        verdict_ttl: float | None = None,
     ) -> None:
         if confirmations < 1:
             raise ValueError("confirmations must be >= 1")
         self.confirmations = confirmations
         self.reprobe_interval = reprobe_interval
+        self.verdict_ttl = 2 * reprobe_interval if verdict_ttl is None else verdict_ttl
         self.retry_interval = retry_interval
         self.max_in_flight = max_in_flight
         self._backoff_base, self._backoff_cap = no_server_backoff
@@ -149,7 +157,30 @@ class AutonatClientPolicy:
             self._look_again = None
         self.servers = new
 
+    def forget_verdicts(self, now: float) -> None:
+        """A new network: what servers said about our addresses was about the old one."""
+        for a in list(self.addrs):
+            self.addrs[a] = AddrVerdict(a, next_probe=now)  # in-flight answers are ignored
+        self._backoff, self._look_again = 0.0, None
+
+    def _lapse(self, now: float) -> None:
+        """Verdicts nobody re-confirmed for ``verdict_ttl`` go back to unknown."""
+        for v in self.addrs.values():
+            if v.confirmed_at is not None and now >= v.confirmed_at + self.verdict_ttl:
+                v.reachability, v.confirmed_by, v.confirmed_at = Reachability.UNKNOWN, (), None
+                v.streak, v.streak_servers = None, {}
+                v.next_probe = min(v.next_probe, now)
+
     # ---- timing -----------------------------------------------------------------------------
+    def _want(self, v: AddrVerdict) -> int:
+        """How many more servers to ask about ``v`` at once: as many as a verdict needs, one
+        when re-probing a confirmed state."""
+        if v.confirmed_at is not None and v.streak == (v.reachability is Reachability.PUBLIC):
+            want = 1
+        else:
+            want = self.confirmations - len(v.streak_servers)
+        return max(1, want) - len(v.in_flight)
+
     def _eligible(self, v: AddrVerdict, now: float) -> list[Hashable]:
         return [s for s in self.servers if s not in v.in_flight and v.asked.get(s, 0.0) <= now]
 
@@ -160,11 +191,12 @@ class AutonatClientPolicy:
         """When :meth:`on_timer` may have a probe to start (None: only new input can help)."""
         if not self.addrs:
             return None
+        lapses = [v.confirmed_at + self.verdict_ttl for v in self.addrs.values() if v.confirmed_at is not None]
+        best: float | None = min(lapses) if lapses else None
         if not self.servers:
-            return self._look_again
-        best: float | None = None
+            return self._look_again if best is None or self._look_again is None else min(best, self._look_again)
         for v in self.addrs.values():
-            if len(v.in_flight) >= self.confirmations:
+            if self._want(v) <= 0:  # enough in flight: only an answer can need another probe
                 continue
             free = [s for s in self.servers if s not in v.in_flight]
             if not free:
@@ -177,6 +209,7 @@ class AutonatClientPolicy:
         """The probes to start now (each is in flight until :meth:`on_result`)."""
         if not self.addrs:
             return []
+        self._lapse(now)
         if not self.servers:
             if self._look_again is None or self._look_again <= now:
                 self._backoff = min(self._backoff_cap, self._backoff * 2 or self._backoff_base)
@@ -191,10 +224,7 @@ class AutonatClientPolicy:
                 break
             if v.next_probe > now:
                 continue
-            # Ask as many servers at once as a verdict needs (fewer when re-probing a confirmed one).
-            want = (1 if v.confirmed_at is not None and v.streak == (v.reachability is Reachability.PUBLIC)
-                    else self.confirmations - len(v.streak_servers))
-            want = max(1, want) - len(v.in_flight)
+            want = self._want(v)
             for s in self._eligible(v, now)[: max(0, min(want, budget))]:
                 v.in_flight.add(s)
                 probes.append(Probe(v.addr, s))
@@ -205,10 +235,12 @@ class AutonatClientPolicy:
     def on_result(self, probe: Probe, outcome: ProbeOutcome, now: float) -> bool:
         """Count one answer; True if our overall reachability changed."""
         v = self.addrs.get(probe.addr)
-        if v is None:  # the address went away meanwhile
+        if v is None or probe.server not in v.in_flight:  # the address or the network went away
             return False
         before = self.reachability
         v.in_flight.discard(probe.server)
+        for s in [s for s, t in v.asked.items() if t <= now]:  # lapsed: as if never asked
+            del v.asked[s]
         v.results[outcome.value] = v.results.get(outcome.value, 0) + 1
         if outcome is ProbeOutcome.INCONCLUSIVE:
             v.asked[probe.server] = now + self.retry_interval
@@ -217,7 +249,10 @@ class AutonatClientPolicy:
         v.asked[probe.server] = now + self.reprobe_interval
         if v.streak is not ok:
             v.streak, v.streak_servers = ok, {}
-        v.streak_servers[probe.server] = now
+        v.streak_servers.pop(probe.server, None)
+        v.streak_servers[probe.server] = now  # newest last; only the last few count
+        while len(v.streak_servers) > self.confirmations:
+            del v.streak_servers[next(iter(v.streak_servers))]
         state = Reachability.PUBLIC if ok else Reachability.PRIVATE
         if v.reachability is state or len(v.streak_servers) >= self.confirmations:
             if v.reachability is not state:

@@ -11,6 +11,7 @@ punching (docs/architecture.md) will read ``nat_type`` from the same event.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -40,6 +41,9 @@ from .stun_server import serve_stun
 __all__ = ["NatService"]
 
 PEER_STUN_RETRY = 30.0  # no peer serves STUN yet: look again (and whenever a peer connects)
+# A STUN verdict no classification could refresh for this many ``classify_interval``s is
+# dropped: one lost round keeps it (no flapping), an outage does not keep it forever.
+STUN_STALE_ROUNDS = 2
 IDENTIFY_SETTLE = 1.0
 
 log = logging.getLogger("prozchain_discovery.nat")
@@ -84,6 +88,7 @@ class NatService:
         self._waiting_for_stun_peers = False
         self.peer_stun_servers: list[tuple[str, int]] = []
         self._stun_mapped_ip: str | None = None
+        self._stun_ok_at: float | None = None  # when STUN last answered (-inf: another network)
         bus.subscribe(LocalAddressesChanged, lambda _ev: self._wake.set())
         bus.subscribe(ObservedAddress, self._on_observed)
         bus.subscribe(PeerConnected, self._on_peer_connected)
@@ -132,12 +137,20 @@ class NatService:
         self._publish(self.status_value)
 
     def _with_dial_back(self, status: NatStatus) -> NatStatus:
-        """A confirmed dial-back verdict wins over STUN and port-mapping guesses."""
+        """Reachability from what each source says now (never remembered from whichever spoke
+        last, so a source that goes away takes its verdict with it). A confirmed dial-back
+        verdict wins over STUN and port-mapping guesses."""
         ev = self._dial_back
-        if ev is None:
-            return status
-        evidence = tuple(e for e in status.evidence if not e.startswith("autonat")) + ev.evidence
-        reach = status.reachability if ev.reachability is Reachability.UNKNOWN else ev.reachability
+        evidence = tuple(e for e in status.evidence if not e.startswith("autonat")) + (ev.evidence if ev else ())
+        reach: Reachability
+        if ev is not None and ev.reachability is not Reachability.UNKNOWN:
+            reach = ev.reachability
+        elif status.port_mappings or status.nat_type == "open":
+            reach = Reachability.PUBLIC  # a gateway forwards the port, or no NAT at all
+        elif status.nat_type != "unknown":
+            reach = Reachability.PRIVATE
+        else:
+            reach = Reachability.UNKNOWN
         return replace(status, reachability=reach, evidence=evidence)
 
     def _publish(self, status: NatStatus) -> None:
@@ -155,13 +168,26 @@ class NatService:
         evidence = tuple(e for e in st.evidence if not e.startswith("port mapping")) + tuple(
             f"port mapping {m.method}: {m.multiaddr}" for m in mappings
         )
-        reach = st.reachability
-        if addrs:
-            reach = Reachability.PUBLIC  # a gateway forwards the port (confirmed by dial-back later)
-        elif st.nat_type not in ("open", "unknown"):
-            reach = Reachability.PRIVATE
-        self._publish(replace(st, port_mappings=addrs, external_addrs=addrs, reachability=reach,
+        self._publish(replace(st, port_mappings=addrs, external_addrs=addrs,
                               evidence=evidence, when=trio.current_time()))
+
+    def _stun_fresh(self) -> bool:
+        """May the last STUN verdict outlive a failed round (it is less than
+        ``STUN_STALE_ROUNDS`` intervals old, and from this network)?"""
+        ok = self._stun_ok_at
+        return ok is not None and trio.current_time() - ok < STUN_STALE_ROUNDS * self.classify_interval
+
+    def _drop_stun(self, why: str) -> None:
+        """No STUN answer for too long: the verdict is stale, say unknown (and why)."""
+        self._stun_ok_at = None
+        self._stun_mapped_ip = None
+        st = self.status_value
+        evidence = tuple(e for e in st.evidence if not e.startswith("stun")) + (f"stun unknown: {why}",)
+        if st.nat_type == "unknown" and evidence == st.evidence:
+            return  # said already: a longer outage is no news
+        self._publish(replace(st, nat_type="unknown", mapping="unknown", filtering="unknown",
+                              evidence=evidence, when=trio.current_time()))
+        self._refresh_observed()
 
     async def classify_once(self, servers: list[tuple[str, int]] | None = None) -> None:
         servers = servers if servers is not None else self.stun_servers
@@ -171,26 +197,28 @@ class NatService:
         started = trio.current_time()
         try:
             result = await self.classifier(servers)
-        except Exception as exc:  # a transport error: keep the last verdict, say why
+        except Exception as exc:  # a transport error: keep a fresh verdict, drop a stale one
             self.metrics.inc("nat_classification_errors")
             log.warning("NAT classification failed: %s", exc)
+            if not self._stun_fresh():
+                self._drop_stun(f"classification failed ({exc})")
             return
         self.metrics.observe("nat_classification_seconds", trio.current_time() - started)
         mapped = getattr(result, "mapped_addr", None)
+        if mapped is None and _name(getattr(result, "nat_type", "unknown")) == "unknown":
+            if self._stun_fresh():  # no server answered this round: one lost round is no news
+                log.warning("NAT classification: no STUN server answered; keeping the last verdict")
+                return
+        else:
+            self._stun_ok_at = trio.current_time()
         self._stun_mapped_ip = str(mapped[0]) if isinstance(mapped, tuple) and mapped else None
         nat_type = _name(getattr(result, "nat_type", "unknown"))
         st = self.status_value
-        reach = st.reachability
-        if nat_type == "open":
-            reach = Reachability.PUBLIC
-        elif nat_type != "unknown" and not st.port_mappings:
-            reach = Reachability.PRIVATE
         self._publish(replace(
             st,
             nat_type=nat_type,
             mapping=_name(getattr(result, "mapping", "unknown")),
             filtering=_name(getattr(result, "filtering", "unknown")),
-            reachability=reach,
             evidence=tuple(e for e in st.evidence if not e.startswith("stun")) + (
                 f"stun {nat_type} via {', '.join(f'{h}:{p}' for h, p in servers)}"
                 + (" (peers serving STUN)" if servers is not self.stun_servers else "")
@@ -228,6 +256,13 @@ class NatService:
             self.metrics.inc("nat_route_changes")
             self.current_route = route
             self.observed = ObservedMapping()  # what peers saw was about the old path
+            # Dial-backs confirmed the old network's addresses: forget them (a new ``network``
+            # tells AutoNAT to forget them too); the STUN verdict stands only until the
+            # re-classification, and a failed one drops it at once.
+            self._dial_back = None
+            if self._stun_ok_at is not None:
+                self._stun_ok_at = -math.inf
+            self._publish(replace(self.status_value, network=self.status_value.network + 1))
             if self.mapper is not None:
                 self.mapper.forget()
             self._wake.set()
@@ -251,6 +286,8 @@ class NatService:
                 self._waiting_for_stun_peers = not servers
                 if servers:
                     await self.classify_once(servers)
+                elif self._stun_ok_at is not None and self.classifier is not None and not self._stun_fresh():
+                    self._drop_stun("no peer serves STUN any more")
                 await self._wake.wait(self.classify_interval if servers else PEER_STUN_RETRY)
                 if not servers:
                     await trio.sleep(IDENTIFY_SETTLE)  # a new peer's protocols arrive with identify

@@ -23,6 +23,8 @@ class NatStatus:
     (the STUN classifier's verdict, ``unknown`` until one ran); ``mapping`` and ``filtering`` are
     the raw RFC 4787 behaviours; ``external_addrs`` are addresses others can dial us at (port
     mappings, or our own addresses when the classifier says we are not behind a NAT).
+    ``reachability`` is derived from the sources each time (NatService): a dial-back verdict,
+    else a port mapping or an open NAT (public), else a known NAT type (private), else unknown.
     """
 
     nat_type: str = "unknown"
@@ -33,6 +35,7 @@ class NatStatus:
     port_mappings: tuple[str, ...] = ()
     evidence: tuple[str, ...] = ()
     when: float = 0.0
+    network: int = 0  # bumped on each new default route: verdicts made before are void
     details: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
