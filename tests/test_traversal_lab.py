@@ -41,9 +41,15 @@ def test_two_cone_nodes_meet_through_the_relay_and_punch_a_direct_connection(nat
                     or _direct_to(_status(data["cone3"]), ids["cone1"], wan["cone1"]))
 
         _wait(direct, 90, "a direct connection between the two routers' WAN addresses")
-        successes = sum(v for d in data.values() for k, v in _status(d).get("metrics", {}).items()
-                        if k.startswith("holepunch_successes"))
-        assert successes >= 1, [_status(d).get("holepunch") for d in data.values()]
+
+        def successes() -> int:
+            return sum(v for d in data.values() for k, v in _status(d).get("metrics", {}).items()
+                       if k.startswith("holepunch_successes"))
+
+        # The direct connection shows in a status snapshot as soon as it is up; the driver counts
+        # its success a moment later (it sees the connection, then closes the relayed one), and a
+        # snapshot can fall between the two on a busy machine.
+        _wait(lambda: successes() >= 1, 10, "the hole punch's success to be counted")
     finally:
         errs = {name: _stop(p) for name, (p, _d) in procs.items()}
         relay_err = _stop(relay)
