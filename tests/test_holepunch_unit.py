@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
 from prozchain_discovery.holepunch.messages import (
@@ -316,3 +318,31 @@ async def test_the_service_loop_sleeps_after_a_backoff_ended():
             await trio.lowlevel.checkpoint()
         nursery.cancel_scope.cancel()
     assert wakes <= 2
+
+
+@given(st.binary(max_size=3000), st.integers(0, 40))
+def test_fuzz_decoders_raise_only_their_own_error(data: bytes, max_addrs: int):
+    """Whatever a peer sends as CONNECT or SYNC: a decoded message or DcutrProtocolError."""
+    try:
+        c = decode_connect(data, max_addrs)
+        assert len(c.addrs) <= max_addrs
+    except DcutrProtocolError:
+        pass
+    try:
+        decode_sync(data)
+    except DcutrProtocolError:
+        pass
+
+
+@given(st.lists(st.one_of(st.binary(max_size=60), st.sampled_from([
+    Multiaddr("/ip4/198.51.100.7/tcp/4001").to_bytes(), Multiaddr("/ip6/::1/udp/4001/quic-v1").to_bytes()])),
+    max_size=50), st.one_of(st.none(), st.text(max_size=300)), st.integers(1, 30))
+def test_fuzz_well_framed_connects_with_any_addresses_and_nat_type(addrs: list[bytes], nat: str | None, limit: int):
+    msg = dcutr_pb2.HolePunch(type=dcutr_pb2.HolePunch.CONNECT, ObsAddrs=addrs)
+    if nat is not None:
+        msg.nat_type = nat
+    try:
+        c = decode_connect(msg.SerializeToString(), limit)
+    except DcutrProtocolError:
+        return
+    assert len(c.addrs) <= limit and len(c.addrs) + c.skipped <= len(addrs)
