@@ -25,6 +25,9 @@ in tests/test_relay.py that shows the upstream behaviour, then ours):
    delay 11 to 16 of 20 back-to-back circuits to one node failed. Each relay direction now
    closes its own two streams, and the shared table stays empty.
 
+7. **A circuit's end freed a slot of a newer reservation** (found here): its count is given back
+   to the reservation it was taken from, not to the one the peer holds by then.
+
 The upstream handlers for CONNECT and STOP, the per-circuit data budget (counted in both
 directions, resets both ends) and ``max_circuit_conns`` are kept.
 """
@@ -90,6 +93,26 @@ class GuardedRelayProtocol(CircuitV2Protocol):
         self.circuits_open = 0
         self._cut: set[int] = set()  # ids of the two streams of a circuit being cut at its deadline
         self._active_relays = _NoSharedCircuits()  # fix 6
+        # Fix 7: upstream counts a circuit on the reservation it found at CONNECT and releases it
+        # by peer id on whatever reservation is there at the end: one made after the relay turned
+        # private and public again (or after an expiry) lost a slot it never gave. Release on the
+        # object that was counted, found by the CONNECT handler's task.
+        self._counted_on: dict[tuple[object, ID], Reservation | None] = {}
+        rm = self.resource_manager
+        get_reservation = rm.get_reservation
+
+        def remember(peer_id: ID) -> Reservation | None:
+            found = get_reservation(peer_id)
+            self._counted_on[(trio.lowlevel.current_task(), peer_id)] = found
+            return found
+
+        def release(peer_id: ID) -> None:
+            counted = self._counted_on.pop((trio.lowlevel.current_task(), peer_id), None)
+            if counted is not None and counted.active_connections > 0:
+                counted.active_connections -= 1
+
+        rm.get_reservation = remember  # type: ignore[method-assign]
+        rm.release_connection = release  # type: ignore[method-assign]
 
     # ---- reservations (fixes 1, 2, 3, 5) -----------------------------------------------------
     @property
@@ -122,8 +145,8 @@ class GuardedRelayProtocol(CircuitV2Protocol):
         self.prune()
         existing: Reservation | None = self.reservations.get(remote)
         fresh = existing is None or existing.is_expired()
+        ip = remote_ip(stream)
         if existing is None or fresh:
-            ip = remote_ip(stream)
             if len(self.reservations) >= self.limits.max_reservations:
                 await self._refuse(stream, StatusCode.RESERVATION_REFUSED, "relay_full")
                 return
@@ -133,6 +156,13 @@ class GuardedRelayProtocol(CircuitV2Protocol):
             reservation = self.resource_manager.create_reservation(remote)
             self.ip_of[remote] = ip
         else:
+            # A client back on a new connection from another address before any prune saw it
+            # gone renews here: count it at the address it reserves from now (fix 3).
+            if ip != self.ip_of.get(remote):
+                if ip is not None and self._per_ip(ip) >= self.max_per_ip:
+                    await self._refuse(stream, StatusCode.RESERVATION_REFUSED, "per_ip")
+                    return
+                self.ip_of[remote] = ip
             self.resource_manager.refresh_reservation(remote)
             reservation = existing
         reservation.addrs = [a.to_bytes() for a in self._advertised_addrs()]
@@ -167,6 +197,9 @@ class GuardedRelayProtocol(CircuitV2Protocol):
             await super()._handle_connect(stream, msg)
         finally:
             self.circuits_open -= 1
+            me = trio.lowlevel.current_task()
+            for key in [k for k in self._counted_on if k[0] is me]:  # fix 7: lookups of refused ones
+                del self._counted_on[key]
 
     async def _relay_data(
         self,
@@ -179,7 +212,10 @@ class GuardedRelayProtocol(CircuitV2Protocol):
         # The upstream deadline is time.monotonic(); trio's clock runs at the same rate.
         at = math.inf if deadline is None else trio.current_time() + (deadline - time.monotonic())
         with trio.move_on_at(at) as scope:
-            await super()._relay_data(src_stream, dst_stream, peer_id, deadline, circuit_data_limit)
+            try:
+                await super()._relay_data(src_stream, dst_stream, peer_id, deadline, circuit_data_limit)
+            finally:
+                self._counted_on.pop((trio.lowlevel.current_task(), peer_id), None)  # fix 7
         if not scope.cancelled_caught:
             # One direction ended, so the circuit did: close this circuit's streams (fix 6), which
             # also ends the other direction's read.

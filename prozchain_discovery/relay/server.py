@@ -110,6 +110,9 @@ class RelayServer:
 
     def status(self) -> dict[str, Any]:
         s = self.settings
+        # Otherwise a reservation that expired would be counted for up to PRUNE_INTERVAL more.
+        if self.serving and self.protocol.prune():
+            self._gauge()
         return {"relay_server": {
             "serve": s.serve,
             "serving": self.serving,
