@@ -138,6 +138,16 @@ def test_lookup_gate():
     assert not DnsLookupGate(300.0, last_lookup=5.0).may_lookup(100.0)
 
 
+def test_lookup_gate_retries_a_failed_lookup_with_backoff():
+    gate = DnsLookupGate(300.0, first_retry=5.0)
+    assert [gate.record_failure(t) for t in (0.0, 5.0, 15.0)] == [5.0, 10.0, 20.0]
+    assert not gate.may_lookup(34.0) and gate.next_allowed(30.0) == 5.0 and gate.may_lookup(35.0)
+    assert max(gate.record_failure(0.0) for _ in range(40)) == 300.0  # never beyond the interval
+    gate.record_lookup(1000.0)  # a good lookup: the interval from now, the backoff starts over
+    assert not gate.may_lookup(1299.0) and gate.may_lookup(1300.0)
+    assert gate.record_failure(1300.0) == 5.0
+
+
 async def test_cascade_uses_dns_when_bootstrap_nodes_fail_and_respects_interval(tmp_path):
     from contextlib import AsyncExitStack
 

@@ -4,7 +4,8 @@ Each pass tries the sources in that order and stops as soon as ``min_peers_for_s
 are connected; :class:`~.schedule.CascadeSchedule` says when the next pass runs. Bootstrap nodes
 are asked ``/prozchain/bootstrap/1.0`` (network id check, our observed address, an initial peer
 set); DNS seeds are looked up at most once per ``dns_lookup_interval``, a limit that survives
-restarts (``state.json`` in the data dir).
+restarts (``state.json`` in the data dir); only a lookup that gave addresses counts, a failed
+one is retried with backoff (:class:`~.dns.DnsLookupGate`).
 """
 
 from __future__ import annotations
@@ -226,9 +227,7 @@ class Cascade:
         if not self.dns_gate.may_lookup(now):
             log.info("dns seeds: next lookup allowed in %.0f s", self.dns_gate.next_allowed(now))
             return
-        self.dns_gate.record_lookup(now)
         self.metrics.inc("dns_lookups")
-        self._save_state()
         results = await self.dns.resolve_all(list(seeds))
         by_peer: dict[ID, list[multiaddr.Multiaddr]] = {}
         bare: list[multiaddr.Multiaddr] = []  # A/AAAA answers: no peer id yet
@@ -242,6 +241,15 @@ class Cascade:
                     bare.append(ma)
                     continue
                 by_peer.setdefault(pid, []).append(strip_p2p(ma))
+        if not by_peer and not bare:
+            # Only a lookup that gave addresses starts dns_lookup_interval (and goes to
+            # state.json); a failed one is retried with backoff, not hours later.
+            delay = self.dns_gate.record_failure(trio.current_time())
+            self.metrics.inc("dns_lookup_failures")
+            log.warning("dns seeds: no addresses from %d seed(s); next try in %.0f s", len(seeds), delay)
+            return
+        self.dns_gate.record_lookup(now)
+        self._save_state()
         if bare:
             for pid, addrs in (await self.dialer.identify_bare(bare)).items():
                 known = by_peer.setdefault(pid, [])

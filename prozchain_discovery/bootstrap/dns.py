@@ -15,7 +15,9 @@ Failures (NXDOMAIN, timeout, no answer, junk TXT) never raise out of :meth:`reso
 returned as :class:`DnsSeedError` entries beside whatever was found.
 
 :class:`DnsLookupGate` is the seed's rule "look up at most once per ``dns_lookup_interval``"
-as a sans-IO object (the service persists ``last_lookup`` across restarts).
+as a sans-IO object (the service persists ``last_lookup`` across restarts). Only a lookup that
+gave addresses counts; a failed one (server down, timeouts, nothing usable) is retried after
+``FIRST_RETRY`` seconds, doubling up to the interval.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ __all__ = [
     "DnsSeedResult",
     "DnsSeedResolver",
     "DnsLookupGate",
+    "FIRST_RETRY",
 ]
+
+FIRST_RETRY = 5.0  # after a failed lookup; doubles up to the interval
 
 
 @dataclass(frozen=True)
@@ -65,19 +70,41 @@ class DnsSeedResult:
 
 
 class DnsLookupGate:
-    """At most one lookup per ``interval`` seconds (sans-IO; ``now`` from the caller)."""
+    """At most one successful lookup per ``interval`` seconds (sans-IO; ``now`` from the caller).
 
-    def __init__(self, interval: float, last_lookup: float | None = None) -> None:
+    A failed lookup does not start the interval (it would leave a node that started while its
+    DNS server was down without seeds for the whole interval, hours on some networks): it is
+    retried after ``first_retry`` seconds, doubling up to ``interval``.
+    """
+
+    def __init__(self, interval: float, last_lookup: float | None = None, first_retry: float | None = None) -> None:
         self.interval = interval
-        self.last_lookup = last_lookup
+        self.last_lookup = last_lookup  # the last successful lookup
+        self.first_retry = FIRST_RETRY if first_retry is None else first_retry
+        self.retry_at: float | None = None  # set while lookups fail
+        self.failures = 0
 
     def may_lookup(self, now: float) -> bool:
+        if self.retry_at is not None:
+            return now >= self.retry_at
         return self.last_lookup is None or now - self.last_lookup >= self.interval
 
     def record_lookup(self, now: float) -> None:
+        """A lookup that gave addresses: the next one waits ``interval``."""
         self.last_lookup = now
+        self.retry_at = None
+        self.failures = 0
+
+    def record_failure(self, now: float) -> float:
+        """A lookup that gave nothing: returns the delay before the next try."""
+        delay = min(self.interval, self.first_retry * 2.0 ** min(self.failures, 30))
+        self.failures += 1
+        self.retry_at = now + delay
+        return delay
 
     def next_allowed(self, now: float) -> float:
+        if self.retry_at is not None:
+            return max(0.0, self.retry_at - now)
         if self.last_lookup is None:
             return 0.0
         return max(0.0, self.last_lookup + self.interval - now)

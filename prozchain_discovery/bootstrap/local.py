@@ -26,6 +26,15 @@ __all__ = ["LocalDiscovery"]
 log = logging.getLogger("prozchain_discovery.mdns")
 
 MAX_QUEUED_DIALS = 64
+RESTART_FIRST = 60.0  # after mDNS failed; doubles up to RESTART_CAP
+RESTART_CAP = 3600.0
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the first error inside (nurseries wrap errors in groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 class LocalDiscovery:
@@ -48,15 +57,39 @@ class LocalDiscovery:
         self._dialing: set[ID] = set()
         self._limiter = trio.CapacityLimiter(config.max_parallel_dials)
         self.mdns: MdnsDiscovery | None = None
+        self.failures = 0
+        self.last_error = ""
 
     async def run(self) -> None:
         send, recv = trio.open_memory_channel[MdnsPeer](64)
-        self.mdns = MdnsDiscovery(self.host.get_id(), self.host.get_addrs)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.mdns.run, send)
+            nursery.start_soon(self._run_mdns, send)
             async with recv:
                 async for peer in recv:
                     self._found(peer, nursery)
+
+    async def _run_mdns(self, send: trio.MemorySendChannel[MdnsPeer]) -> None:
+        """Run mDNS; if zeroconf fails (no multicast interface, a socket error, an error in its
+        thread), say so in one line and try again later: before, the error left this task and
+        took the whole node down with it."""
+        delay = RESTART_FIRST
+        while True:
+            self.mdns = MdnsDiscovery(self.host.get_id(), self.host.get_addrs)
+            started = trio.current_time()
+            try:
+                await self.mdns.run(send)
+                error = "stopped"
+            except Exception as exc:  # whatever zeroconf raises, the node runs on
+                error = _describe(exc)
+            if trio.current_time() - started > RESTART_CAP:
+                delay = RESTART_FIRST  # it ran a good while: a new failure starts the backoff over
+            self.failures += 1
+            self.last_error = error
+            self.metrics.inc("mdns_failures")
+            log.error("mdns: local discovery failed (%s); the node runs without it, retry in %.0f s",
+                      error, delay)
+            await trio.sleep(delay)
+            delay = min(RESTART_CAP, delay * 2)
 
     def _found(self, peer: MdnsPeer, nursery: trio.Nursery) -> None:
         addrs = [strip_p2p(a) for a in peer.addrs]
@@ -83,4 +116,7 @@ class LocalDiscovery:
 
     def status(self) -> dict[str, Any]:
         stats = getattr(self.mdns, "stats", None)
-        return {"mdns": stats() if callable(stats) else {}}
+        out: dict[str, Any] = dict(stats()) if callable(stats) else {}
+        if self.failures:
+            out |= {"failures": self.failures, "last_error": self.last_error}
+        return {"mdns": out}
