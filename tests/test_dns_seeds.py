@@ -239,3 +239,19 @@ async def test_probe_errors_are_typed():
             await probe_peer_id(key, Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"), timeout=2.0)
         assert info.value.kind == "handshake"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_seed_full_of_junk_and_names_costs_bounded_queries_and_log_lines(tmp_path):
+    """A TXT answer with 60 junk entries and 60 /dns4 names (each its own A query, all NXDOMAIN)
+    beside one good address: the good one is kept, at most MAX_QUERIES queries are made for the
+    seed and at most MAX_ERRORS errors kept (the rest counted)."""
+    from prozchain_discovery.bootstrap.dns import MAX_ERRORS, MAX_QUERIES
+
+    txt = [("_dnsaddr.junk.test", f"dnsaddr=/ip4/127.0.0.1/tcp/4001/p2p/{P[0]}")]
+    txt += [("_dnsaddr.junk.test", f"dnsaddr=/junk/{i}") for i in range(60)]
+    txt += [("_dnsaddr.junk.test", f"dnsaddr=/dns4/n{i}.nowhere.test/tcp/4001") for i in range(60)]
+    with dnsmasq(tmp_path, txt) as port:
+        res = await _resolver(port).resolve("/dnsaddr/junk.test")
+    assert [str(a) for a in res.addrs] == [f"/ip4/127.0.0.1/tcp/4001/p2p/{P[0]}"]
+    assert res.queries == MAX_QUERIES + 1  # the TXT query, MAX_QUERIES - 1 names, then the limit said once
+    assert len(res.errors) == MAX_ERRORS and res.errors_dropped > 0

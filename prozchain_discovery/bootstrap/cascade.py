@@ -235,6 +235,9 @@ class Cascade:
             for err in res.errors:
                 log.warning("dns seed %s: %s", res.seed, err)
                 self.metrics.inc("dns_errors", kind=err.kind)
+            if res.errors_dropped:
+                log.warning("dns seed %s: %d more errors not shown", res.seed, res.errors_dropped)
+                self.metrics.inc("dns_errors", res.errors_dropped, kind="more")
             for ma in res.addrs:
                 pid = peer_id_of(ma)
                 if pid is None:

@@ -54,7 +54,8 @@ class ResolverConfig:
 
 
 class DnsSeedError(Exception):
-    """One failed lookup. ``kind``: nxdomain, timeout, no_answer, bad_record, recursion_limit, error."""
+    """One failed lookup. ``kind``: nxdomain, timeout, no_answer, bad_record, recursion_limit,
+    query_limit, error."""
 
     def __init__(self, kind: str, name: str, detail: str = "") -> None:
         super().__init__(f"{kind} for {name}" + (f": {detail}" if detail else ""))
@@ -62,11 +63,24 @@ class DnsSeedError(Exception):
         self.name = name
 
 
+MAX_QUERIES = 32  # per seed: a TXT answer full of /dns4 or /dnsaddr entries costs no more
+MAX_ERRORS = 16  # per seed kept (and logged); the rest are counted in ``errors_dropped``
+
+
 @dataclass
 class DnsSeedResult:
     seed: str
     addrs: list[Multiaddr] = field(default_factory=list)
     errors: list[DnsSeedError] = field(default_factory=list)
+    queries: int = 0
+    errors_dropped: int = 0
+
+    def error(self, err: DnsSeedError) -> None:
+        """Keep ``err`` (a seed full of junk TXT strings makes one warning each, up to a bound)."""
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(err)
+        else:
+            self.errors_dropped += 1
 
 
 class DnsLookupGate:
@@ -118,8 +132,10 @@ class DnsSeedResolver:
         default_port: int = 4001,
         max_depth: int = 4,
         max_addrs: int = 100,
+        max_queries: int = MAX_QUERIES,
     ) -> None:
         self.config = config or ResolverConfig()
+        self.max_queries = max_queries
         self.default_port = default_port
         self.max_depth = max_depth
         self.max_addrs = max_addrs
@@ -138,23 +154,29 @@ class DnsSeedResolver:
         return self._resolver
 
     async def _query(self, name: str, rdtype: str, result: DnsSeedResult) -> list[str]:
+        if result.queries >= self.max_queries:
+            if result.queries == self.max_queries:
+                result.error(DnsSeedError("query_limit", name, f"more than {self.max_queries} queries for one seed"))
+                result.queries += 1
+            return []
+        result.queries += 1
         try:
             answer = await self._get_resolver().resolve(
                 name, rdtype, backend=dns.asyncbackend.get_backend("trio"), raise_on_no_answer=True
             )
         except dns.resolver.NXDOMAIN:
-            result.errors.append(DnsSeedError("nxdomain", name))
+            result.error(DnsSeedError("nxdomain", name))
             return []
         except dns.resolver.NoAnswer:
-            result.errors.append(DnsSeedError("no_answer", name, rdtype))
+            result.error(DnsSeedError("no_answer", name, rdtype))
             return []
         except (dns.exception.Timeout, dns.resolver.LifetimeTimeout):
-            result.errors.append(DnsSeedError("timeout", name, f"{rdtype} after {self.config.timeout:g}s"))
+            result.error(DnsSeedError("timeout", name, f"{rdtype} after {self.config.timeout:g}s"))
             return []
         except trio.Cancelled:
             raise
         except Exception as exc:  # NoNameservers, bad packets, socket errors
-            result.errors.append(DnsSeedError("error", name, f"{type(exc).__name__}: {exc}"[:160]))
+            result.error(DnsSeedError("error", name, f"{type(exc).__name__}: {exc}"[:160]))
             return []
         if rdtype == "TXT":
             out = []
@@ -170,14 +192,14 @@ class DnsSeedResolver:
             try:
                 ma = parse_multiaddr(seed)
             except AddressError as exc:
-                result.errors.append(DnsSeedError("bad_record", seed, str(exc)))
+                result.error(DnsSeedError("bad_record", seed, str(exc)))
                 return result
             await self._dnsaddr(ma, 1, set(), result)
         elif seed.startswith("/dns"):
             try:
                 ma = parse_multiaddr(seed)
             except AddressError as exc:
-                result.errors.append(DnsSeedError("bad_record", seed, str(exc)))
+                result.error(DnsSeedError("bad_record", seed, str(exc)))
                 return result
             result.addrs.extend(await self._dns_ma(ma, result))
         else:
@@ -185,7 +207,7 @@ class DnsSeedResolver:
             try:
                 port = int(port_text) if port_text else self.default_port
             except ValueError:
-                result.errors.append(DnsSeedError("bad_record", seed, "port is not a number"))
+                result.error(DnsSeedError("bad_record", seed, "port is not a number"))
                 return result
             for rdtype, proto in (("A", "ip4"), ("AAAA", "ip6")):
                 for ip in await self._query(host, rdtype, result):
@@ -213,7 +235,7 @@ class DnsSeedResolver:
         domain = ma.value_for_protocol("dnsaddr")
         want = peer_id_of(ma)
         if domain in seen:
-            result.errors.append(DnsSeedError("recursion_limit", domain, "loop"))
+            result.error(DnsSeedError("recursion_limit", domain, "loop"))
             return
         seen.add(domain)
         for txt in await self._query(f"_dnsaddr.{domain}", "TXT", result):
@@ -224,13 +246,13 @@ class DnsSeedResolver:
             try:
                 entry = parse_multiaddr(txt[len("dnsaddr=") :])
             except AddressError as exc:
-                result.errors.append(DnsSeedError("bad_record", domain, str(exc)[:120]))
+                result.error(DnsSeedError("bad_record", domain, str(exc)[:120]))
                 continue
             if want is not None and peer_id_of(entry) not in (None, want):
                 continue
             if str(entry).startswith("/dnsaddr/"):
                 if depth >= self.max_depth:
-                    result.errors.append(
+                    result.error(
                         DnsSeedError("recursion_limit", str(entry), f"deeper than {self.max_depth}")
                     )
                     continue
