@@ -162,3 +162,24 @@ async def test_public_then_private_again_releases_then_reserves_again():
         assert set(advertised_circuits(private)) == want
         assert private.metrics.get("autorelay_reservations", kind="new") == 2
         assert private.status()["autorelay"]["public"] is False
+
+
+async def test_a_relay_that_stops_serving_is_dropped_at_the_next_rescan(monkeypatch):
+    """A relay with serve = "auto" that turns private pushes identify without hop; the client
+    drops it and its circuit address within one rescan, not at its renewal up to an hour later."""
+    from prozchain_discovery.relay import client
+
+    monkeypatch.setattr(client, "RESCAN_INTERVAL", 0.5)
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        relay = await net.node(relay_cfg(serve="auto"))
+        relay.bus.publish(NatStatusChanged(NatStatus(reachability=Reachability.PUBLIC)))
+        await wait_until(lambda: relay.relay_server.serving, 5)
+        private = await net.node(cfg(bootstrap=(addr_of(relay),), min_peers=1))
+        await wait_until(lambda: circuits(private) == {f"{addr_of(relay)}/p2p-circuit"}, 20)
+        relay.bus.publish(NatStatusChanged(NatStatus(reachability=Reachability.PRIVATE)))
+        await wait_until(lambda: not relay.relay_server.serving, 5)
+        await wait_until(lambda: circuits(private) == set(), 10)
+        assert not advertised_circuits(private)
+        assert private.metrics.get("autorelay_releases", reason="no_hop") == 1
+        assert relay.local_id in private.connected  # still a peer, only no relay

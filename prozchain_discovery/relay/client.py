@@ -105,6 +105,14 @@ class AutoRelay:
         otherwise be polled ten times a second, two thirds of the time, for as long as it stays."""
         if now >= self._next_rescan:
             self._next_rescan = now + RESCAN_INTERVAL
+            for relay in list(self.policy.candidates):
+                # A relay that stopped serving (it turned private) pushes identify without hop:
+                # drop it now, not at the renewal up to an hour later, with a dead circuit
+                # address advertised all that time.
+                protocols = self._protocols(relay)
+                if protocols and HOP_PROTOCOL not in protocols:
+                    log.info("relay %s no longer serves hop", relay)
+                    self._log_releases(self.policy.remove_candidate(relay, now, "no_hop"))
             for cp in self.connections.peers():
                 if cp.peer_id in self.policy.candidates or "p2p-circuit" in cp.addr:
                     continue

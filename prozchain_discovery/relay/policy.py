@@ -102,14 +102,15 @@ class AutoRelayPolicy(Generic[K]):
         """A connected peer lists hop in identify."""
         self.candidates[relay] = group
 
-    def remove_candidate(self, relay: K, now: float) -> list[Release[K]]:
-        """The peer disconnected: it is no candidate, and a relay we used goes into backoff."""
+    def remove_candidate(self, relay: K, now: float, reason: str = "disconnected") -> list[Release[K]]:
+        """The peer disconnected (or stopped serving hop): it is no candidate, and a relay we
+        used goes into backoff."""
         self.candidates.pop(relay, None)
         self.pending.discard(relay)
         if relay in self.held:
             del self.held[relay]
             self._fail(relay, now)
-            return [Release(relay, "disconnected")]
+            return [Release(relay, reason)]
         return []
 
     def reserved(self, relay: K, expires_at: float, addrs: tuple[str, ...], now: float) -> None:
