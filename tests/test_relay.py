@@ -302,6 +302,8 @@ async def test_our_relay_cuts_an_idle_circuit_at_its_duration():
         await wait_until(lambda: target.get_id() not in dialer.get_connected_peers(), 20)
         assert proto.events.count("cut:duration") == 1  # type: ignore[attr-defined]
         assert r.get_id() in target.get_connected_peers()  # the relay connection itself stays
+        await wait_until(lambda: proto.circuits_open == 0)
+        assert proto._cut == set() and proto._counted_on == {}  # no bookkeeping left behind
 
 
 # ---- fix 6: one circuit's end closed the next circuit to the same peer ------------------------

@@ -27,7 +27,6 @@ from prozchain_discovery.relay.transport import ReservationError, reserve
 from tests.conftest import identity
 from tests.netutil import Net, addr_of, wait_until
 from tests.test_relay import (
-    _relayed_pair,
     accept_circuits,
     bind_dials,
     client,
@@ -132,19 +131,6 @@ async def test_turning_private_releases_every_slot_and_public_again_serves_afres
         assert server.protocol._counted_on == {}
 
 
-async def test_circuits_cut_at_their_duration_leave_no_bookkeeping_behind():
-    async with AsyncExitStack() as stack:
-        net = Net(stack)
-        r = await net.host()
-        proto = guarded(r, circuit_duration=1)
-        target, dialer = await _relayed_pair(stack, net, r)
-        await wait_until(lambda: target.get_id() not in dialer.get_connected_peers(), 20)
-        await wait_until(lambda: proto.circuits_open == 0)
-        assert proto.events.count("cut:duration") == 1  # type: ignore[attr-defined]
-        assert proto._cut == set() and proto._counted_on == {}
-
-
-# ---- thousands of cycles: the hop driven with stand-ins -----------------------------------------
 class _Net:
     def __init__(self) -> None:
         self.connections: dict[ID, list[object]] = {}
