@@ -70,7 +70,11 @@ ip6 = st.builds(_v6, st.integers(0, 2**128 - 1)) | st.sampled_from(
     ["::1", "::", "fe80::1", "fd00::2", "2001:db8::1", "2a01:4f8::1", "ff02::1", "64:ff9b:1::1"]
 ) | embedded.map(lambda pair: pair[0])
 
-label = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?", fullmatch=True)
+# "--" in a label's 3rd and 4th place is reserved for IDNA ("xn--"): multiaddr's idna check
+# refuses "00--0", so such labels are no DNS names to test with.
+label = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?", fullmatch=True).filter(
+    lambda s: s[2:4] != "--"
+)
 suffix = st.sampled_from(
     ["com", "COM", "co.uk", "example", "de", "bücher.de", "xn--bcher-kva.de", "github.io",
      "libp2p.direct", "duckdns.org", "local", "localhost", "s3.amazonaws.com", "jp", "kyoto.jp"]
