@@ -33,6 +33,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Any
 
+from .delays import doubling
 from .expiring import ExpiringMap
 
 __all__ = ["BanList"]
@@ -87,7 +88,7 @@ class BanList:
         return len(self._peers)
 
     def _duration(self, offences: int) -> float:
-        return min(self.cap, self.base * 2.0 ** min(offences - 1, 64))
+        return doubling(self.base, self.cap, offences)
 
     def ban(self, peer: bytes, ip: str | None, now: float, reason: str) -> float:
         """Ban ``peer`` (and, past the threshold, ``ip``); returns the peer's ban in seconds."""

@@ -33,6 +33,7 @@ import trio
 from multiaddr import Multiaddr
 
 from ..addrs import AddressError, parse_multiaddr, peer_id_of
+from ..delays import doubling
 
 __all__ = [
     "ResolverConfig",
@@ -111,8 +112,8 @@ class DnsLookupGate:
 
     def record_failure(self, now: float) -> float:
         """A lookup that gave nothing: returns the delay before the next try."""
-        delay = min(self.interval, self.first_retry * 2.0 ** min(self.failures, 30))
         self.failures += 1
+        delay = doubling(self.first_retry, self.interval, self.failures)
         self.retry_at = now + delay
         return delay
 

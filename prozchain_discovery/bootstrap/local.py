@@ -16,6 +16,7 @@ from libp2p.peer.id import ID
 
 from ..addrs import strip_p2p
 from ..config import BootstrapConfig
+from ..delays import doubling
 from ..metrics import Metrics
 from ..peerdb import PeerSource
 from ..ports import Connections, Dialing, PeerBookView
@@ -72,7 +73,7 @@ class LocalDiscovery:
         """Run mDNS; if zeroconf fails (no multicast interface, a socket error, an error in its
         thread), say so in one line and try again later: before, the error left this task and
         took the whole node down with it."""
-        delay = RESTART_FIRST
+        in_a_row = 0
         while True:
             self.mdns = MdnsDiscovery(self.host.get_id(), self.host.get_addrs)
             started = trio.current_time()
@@ -82,14 +83,15 @@ class LocalDiscovery:
             except Exception as exc:  # whatever zeroconf raises, the node runs on
                 error = _describe(exc)
             if trio.current_time() - started > RESTART_CAP:
-                delay = RESTART_FIRST  # it ran a good while: a new failure starts the backoff over
+                in_a_row = 0  # it ran a good while: a new failure starts the backoff over
+            in_a_row += 1
+            delay = doubling(RESTART_FIRST, RESTART_CAP, in_a_row)
             self.failures += 1
             self.last_error = error
             self.metrics.inc("mdns_failures")
             log.error("mdns: local discovery failed (%s); the node runs without it, retry in %.0f s",
                       error, delay)
             await trio.sleep(delay)
-            delay = min(RESTART_CAP, delay * 2)
 
     def _found(self, peer: MdnsPeer, nursery: trio.Nursery) -> None:
         addrs = [strip_p2p(a) for a in peer.addrs]

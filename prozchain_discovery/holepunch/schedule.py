@@ -35,6 +35,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ..delays import doubling
+
 __all__ = [
     "PairPlan",
     "HolepunchNotSupported",
@@ -316,7 +318,7 @@ class PunchBook(Generic[K]):
             e.retry_at = now + self.params.backoff_max
         else:
             e.failures += 1
-            delay = min(self.params.backoff_base * 2 ** (e.failures - 1), self.params.backoff_max)
+            delay = doubling(self.params.backoff_base, self.params.backoff_max, e.failures)
             e.retry_at = now + delay
 
     def note_not_supported(self, peer: K, now: float, why: HolepunchNotSupported) -> None:

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import trio
 
 from ..addrs import group_of_bytes
+from ..delays import doubling
 from .core import PeerDatabase, PeerEntry, PeerSource
 
 __all__ = [
@@ -197,7 +198,7 @@ class FlushSchedule:
         self.failures += 1
         self.last_error = str(error)[:300]
         self.pending = pending
-        delay = min(self.CAP, self.interval * 2.0 ** (self.consecutive_failures - 1))
+        delay = doubling(self.interval, self.CAP, self.consecutive_failures)
         self._next = now + delay
         return delay
 

@@ -35,6 +35,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ..delays import doubling
+
 __all__ = ["AutoRelayPolicy", "Reserve", "Release", "HeldReservation", "RelayPolicyError"]
 
 K = TypeVar("K", bound=Hashable)
@@ -185,7 +187,7 @@ class AutoRelayPolicy(Generic[K]):
     def _fail(self, relay: K, now: float) -> None:
         b = self._backoff.setdefault(relay, _Backoff())
         b.failures += 1
-        b.until = now + min(self.backoff_cap, self.backoff_base * 2 ** (b.failures - 1))
+        b.until = now + doubling(self.backoff_base, self.backoff_cap, b.failures)
 
     def on_timer(self, now: float) -> None:
         """Forget backoffs that ended long ago (bounded state: at most one per candidate)."""
