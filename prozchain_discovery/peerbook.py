@@ -30,6 +30,7 @@ from .events import (
 )
 from .expiring import ExpiringMap
 from .metrics import Metrics
+from .net.identify import listed_protocols
 from .peerdb import AsyncPeerStore, PeerDatabase, PeerSource, PeerStoreUnavailable, open_or_reset
 from .peerdb.store import FlushSchedule, StoreWriteError
 from .ports import Connections, DialTarget
@@ -106,10 +107,7 @@ class PeerBook:
     def supports(self, peer_id: ID, protocol: str) -> bool | None:
         """Whether ``peer_id`` speaks ``protocol``: from identify's protocol list, or a remembered
         ``na``; None while we do not know (identify has not run yet)."""
-        try:
-            listed = self.host.get_peerstore().get_protocols(peer_id)
-        except Exception:  # py-libp2p raises PeerStoreError for a peer it has no data on
-            listed = []
+        listed = listed_protocols(self.host, peer_id)
         if listed:
             return protocol in listed
         if (peer_id, protocol) in self.unsupported:

@@ -16,6 +16,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 
 from ..net.exchange import ExchangeError, request, serve
+from ..net.identify import listed_protocols
 from ..net.sockets import direct_socket
 from ..wire.messages import DecodeError
 from ..wire.stun_service import STUN_SERVICE_PROTOCOL, StunServiceRequest, StunServiceResponse
@@ -41,10 +42,7 @@ def serve_stun_service(host: IHost, where: Callable[[], StunServiceResponse], ti
 
 
 def _serves_stun(host: IHost, peer_id: ID) -> bool:
-    try:
-        return STUN_SERVICE_PROTOCOL in (host.get_peerstore().get_protocols(peer_id) or [])
-    except Exception:  # no identify yet
-        return False
+    return STUN_SERVICE_PROTOCOL in listed_protocols(host, peer_id)
 
 
 async def stun_servers_from_peers(host: IHost, *, limit: int = 2, timeout: float = 3.0) -> tuple[list[Addr], list[str]]:

@@ -32,6 +32,7 @@ from ..events import (
 )
 from ..metrics import Metrics
 from ..nat.status import Reachability
+from ..net.identify import listed_protocols
 from ..ports import Connections
 from .policy import AutoRelayPolicy, Release, Reserve
 from .transport import HOP_PROTOCOL, ReservationError, circuit_addr, reserve
@@ -109,7 +110,7 @@ class AutoRelay:
                 # A relay that stopped serving (it turned private) pushes identify without hop:
                 # drop it now, not at the renewal up to an hour later, with a dead circuit
                 # address advertised all that time.
-                protocols = self._protocols(relay)
+                protocols = listed_protocols(self.host, relay)
                 if protocols and HOP_PROTOCOL not in protocols:
                     log.info("relay %s no longer serves hop", relay)
                     self._log_releases(self.policy.remove_candidate(relay, now, "no_hop"))
@@ -117,11 +118,11 @@ class AutoRelay:
                 if cp.peer_id in self.policy.candidates or "p2p-circuit" in cp.addr:
                     continue
                 if cp.peer_id in self._unidentified:
-                    self._consider(cp.peer_id, self._protocols(cp.peer_id))
+                    self._consider(cp.peer_id, listed_protocols(self.host, cp.peer_id))
                 else:
                     self._identify_wait.setdefault(cp.peer_id, now)
         for pid, since in list(self._identify_wait.items()):
-            protocols = self._protocols(pid)
+            protocols = listed_protocols(self.host, pid)
             if not protocols:
                 if now - since > IDENTIFY_WINDOW:
                     del self._identify_wait[pid]
@@ -129,12 +130,6 @@ class AutoRelay:
                 continue
             del self._identify_wait[pid]
             self._consider(pid, protocols)
-
-    def _protocols(self, pid: ID) -> list[str]:
-        try:
-            return list(self.host.get_peerstore().get_protocols(pid))
-        except Exception:  # py-libp2p raises for a peer it has nothing on yet
-            return []
 
     def _consider(self, pid: ID, protocols: list[str]) -> None:
         if not protocols:
