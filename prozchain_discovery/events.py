@@ -20,13 +20,15 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
-from libp2p.peer.id import ID
-from multiaddr import Multiaddr
 
 from .nat.status import NatStatus, Reachability
+
+if TYPE_CHECKING:  # annotations only: ``nat`` (via nat/portmap.py's Wakeup) runs without libp2p
+    from libp2p.peer.id import ID
+    from multiaddr import Multiaddr
 
 __all__ = [
     "EventBus",

@@ -25,6 +25,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from . import libp2p_fixes
+from .fsutil import default_data_dir
 
 __all__ = ["make_host", "load_or_create_key", "KeyFileError", "default_data_dir"]
 
@@ -33,11 +34,6 @@ KEY_FILE_NAME = "identity.key"
 
 class KeyFileError(RuntimeError):
     """The identity key file exists but cannot be used; the message says how to fix it."""
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(base) / "prozchain-discovery"
 
 
 def load_or_create_key(key_file: str | Path) -> tuple[KeyPair, bool]:

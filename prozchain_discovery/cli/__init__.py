@@ -1,14 +1,21 @@
 """``prozchain-discovery`` — run a node, show its status, classify this machine's NAT, or run a
-local demo network. One module per command; this one only dispatches."""
+local demo network. One module per command; this one only dispatches.
+
+Each command's module is imported when that command runs: ``--help``, ``status`` and ``nat``
+never pay for importing libp2p (about a second of CPU, ../shared/notes/py-libp2p-0.8.1.md item
+19); ``tests/test_cli_imports.py`` holds them to it.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
-from .node import cmd_node, node_config
 from .parser import build_parser
-from .status import cmd_status, status_lines
-from .tools import cmd_demo, cmd_nat
+
+if TYPE_CHECKING:
+    from .node import node_config
+    from .status import status_lines
 
 __all__ = ["main", "build_parser", "node_config", "status_lines"]
 
@@ -17,19 +24,40 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "node":
+        from .node import cmd_node
+
         return cmd_node(args)
     if args.command == "status":
+        from .status import cmd_status
+
         try:
             return cmd_status(args)
         except BrokenPipeError:  # e.g. piped into head: not an error
             sys.stderr.close()
             return 0
     if args.command == "nat":
+        from .tools import cmd_nat
+
         return cmd_nat(args)
     if args.command == "demo":
+        from .tools import cmd_demo
+
         return cmd_demo(args)
     parser.print_help()
     return 0
+
+
+def __getattr__(name: str) -> Any:
+    """``node_config`` and ``status_lines``, imported on first use (PEP 562)."""
+    if name == "node_config":
+        from .node import node_config
+
+        return node_config
+    if name == "status_lines":
+        from .status import status_lines
+
+        return status_lines
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -201,7 +201,8 @@ def _freeze_startup_heap() -> None:
 def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
-    from ..host import KeyFileError, default_data_dir, load_or_create_key
+    from ..fsutil import default_data_dir
+    from ..host import KeyFileError, load_or_create_key
 
     setup_logging(args.log_level)
     try:

@@ -66,7 +66,7 @@ def _nat_lines(nat: dict[str, Any]) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..host import default_data_dir
+    from ..fsutil import default_data_dir  # not ..host: that imports libp2p
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     path = data_dir / "status.json"

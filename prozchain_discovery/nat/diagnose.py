@@ -6,8 +6,6 @@ from typing import Any
 
 import trio
 
-from ..metrics import Metrics
-from .portmap import PortMapper
 from .stun_io import classify_nat
 
 __all__ = ["diagnose"]
@@ -29,6 +27,10 @@ async def diagnose(stun_servers: list[tuple[str, int]], *, port_mapping: bool, p
                 took_ms=round(r.took * 1000, 1), note=r.note,
             )
     if port_mapping:
+        # Here, not at the top: a STUN-only run does without prometheus_client and the mapper.
+        from ..metrics import Metrics
+        from .portmap import PortMapper
+
         mapper = PortMapper(lambda: [("tcp", port)], metrics=Metrics(), on_change=lambda _m: None)
         started = trio.current_time()
         mappings = await mapper.map_once()
