@@ -148,6 +148,7 @@ async def _run_node(
     listen: list[str],
     data_dir: Path,
     metrics_listen: tuple[str, int] | None = None,
+    collect: bool = True,
 ) -> None:
     import multiaddr
     import trio
@@ -176,7 +177,7 @@ async def _run_node(
                 # Printed once everything is up: a script that reads the first line can dial it.
                 for addr in host.get_addrs():
                     print(addr, flush=True)
-                _freeze_startup_heap()
+                _freeze_startup_heap(collect)
                 async for signum in signals:
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     break
@@ -184,21 +185,40 @@ async def _run_node(
     log.info("stopped cleanly")
 
 
-def _freeze_startup_heap() -> None:
+def _freeze_startup_heap(collect: bool = True) -> None:
     """Keep what start-up built (libp2p, the loaded peer book) out of full collections.
 
     Those objects live as long as the node; a full collection re-scans them all and stalls the
     trio loop (~80 ms with a 64,000-entry book, bench/RESULTS.md). Objects made later are
-    collected as usual. A process-wide choice, so the CLI makes it, not the library.
+    collected as usual (from here on, if ``collect``: :func:`cmd_node` turned the collector off
+    for start-up). A process-wide choice, so the CLI makes it, not the library.
     """
     import gc
 
     gc.collect()
     gc.freeze()
+    if collect:
+        gc.enable()
     log.debug("%d start-up objects moved out of the collector's scans", gc.get_freeze_count())
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    import gc
+
+    # No collections while start-up imports libp2p and builds the node: nearly everything it
+    # allocates lives as long as the node, so they would only re-scan it (about a tenth of the
+    # time to the listen addresses). _freeze_startup_heap turns the collector back on once the
+    # node is up; this finally, if it never gets there.
+    collect = gc.isenabled()
+    gc.disable()
+    try:
+        return _start_node(args, collect)
+    finally:
+        if collect:
+            gc.enable()
+
+
+def _start_node(args: argparse.Namespace, collect: bool) -> int:
     import trio
 
     from ..fsutil import default_data_dir
@@ -218,7 +238,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         key_file = Path(args.key_file) if args.key_file else data_dir / "identity.key"
         key, created = load_or_create_key(key_file)
         log.info("%s identity key %s", "created" if created else "loaded", key_file)
-        trio.run(_run_node, cfg, key, listen, data_dir, args.metrics_listen)
+        trio.run(_run_node, cfg, key, listen, data_dir, args.metrics_listen, collect)
     except BaseException as raised:
         exc = sole(raised)
         if isinstance(exc, CliError):
