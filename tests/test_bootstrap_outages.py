@@ -221,6 +221,10 @@ async def test_bootstrap_server_answers_while_the_peer_book_cannot_flush(tmp_pat
         await wait_until(lambda: boot.connected_count() >= 3)
         await wait_until(lambda: all(boot.host.get_peerstore().get_peer_record(p.local_id) for p in peers))
         boot.book.store.store._db.execute("PRAGMA query_only = ON")  # noqa: SLF001 - the failure is the test
+        # A change to write: without one no flush is tried (the peers' changes may all be on
+        # disk already), and "failing" would never come.
+        assert boot.book.db.add_addrs(identity(903)[1], [Multiaddr("/ip4/127.0.0.1/tcp/9")],
+                                      PeerSource.BOOTSTRAP, trio.current_time())
         await wait_until(lambda: boot.status()["peerdb_flush"]["failing"], timeout=10)
         joiner = await net.node(cfg(bootstrap=(addr_of(boot),), min_peers=3))
         await wait_until(lambda: joiner.joined_at is not None)
