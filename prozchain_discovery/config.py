@@ -25,6 +25,7 @@ Example ``node.toml``::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tomllib
 import types
@@ -74,6 +75,17 @@ class DnsConfig:
     timeout: float = 5.0
 
     def validate(self, prefix: str) -> None:
+        for i, server in enumerate(self.nameservers):
+            # dnspython takes an address or a DNS-over-HTTPS URL, not a name: refuse a name now
+            # rather than fail every DNS-seed lookup later.
+            if not server.startswith("https://"):
+                try:
+                    ipaddress.ip_address(server)
+                except ValueError:
+                    raise ConfigError(
+                        f"{prefix}.nameservers[{i}]",
+                        f"{server!r} is not an IP address (a resolver is given by its address)",
+                    ) from None
         if not 0 < self.port < 65536:
             raise ConfigError(f"{prefix}.port", f"{self.port} is not a port (1-65535)")
         _positive(f"{prefix}.timeout", self.timeout)

@@ -242,6 +242,40 @@ def test_dns_server_forms():
     assert dns("::1") == (("::1",), 53)
 
 
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("127.0.0.1:abc", "expected IP or IP:PORT"),
+        ("127.0.0.1:", "expected IP or IP:PORT"),
+        (":53", "expected IP or IP:PORT"),
+        ("[::1]:x", "expected IP or IP:PORT"),
+        ("", "expected IP or IP:PORT"),
+        ("dns.google", "is not an IP address"),  # dnspython would refuse it at every lookup
+        ("127.0.0.1:99999", "is not a port"),
+    ],
+)
+def test_bad_dns_server_names_the_flag(tmp_path, value, problem):
+    out = _node(tmp_path, "--listen", LOOPBACK, "--dns-server", value)
+    assert out.returncode == 2 and out.stdout == ""
+    line = _one_error(out.stderr)
+    assert line.startswith("error: --dns-server: ") and problem in line, line
+    assert "config field" not in line and "bootstrap.dns" not in line
+    assert not (tmp_path / "data").exists()
+
+
+def test_bad_config_file_names_the_flag(tmp_path, capsys):
+    missing = tmp_path / "missing.toml"
+    assert main(["node", "--config", str(missing), "--data-dir", str(tmp_path)]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert line.startswith(f"error: --config: cannot read {missing}: "), line
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[bootstrap.dns]\nport = 0\n")
+    for extra in ([], ["--dns-server", "127.0.0.1:5353"]):  # the file's value, whatever the flags
+        assert main(["node", "--config", str(bad), "--data-dir", str(tmp_path), *extra]) == 2
+        line = _one_error(capsys.readouterr().err)
+        assert line.startswith(f"error: --config {bad}: config field 'bootstrap.dns.port': "), line
+
+
 def test_data_dir_is_a_file(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")

@@ -43,6 +43,7 @@ exchange_interval = 30
         ({"bootstrap": {"bootstrap_nodes": ["/ip4/1.2.3.4/tcp/1"]}}, "bootstrap.bootstrap_nodes[0]"),
         ({"bootstrap": {"bootstrap_nodes": ["not an addr"]}}, "bootstrap.bootstrap_nodes[0]"),
         ({"bootstrap": {"dns": {"port": 70000}}}, "bootstrap.dns.port"),
+        ({"bootstrap": {"dns": {"nameservers": ["127.0.0.1", "dns.google"]}}}, "bootstrap.dns.nameservers[1]"),
         ({"bootstrap": {"enable_local_discovery": "yes"}}, "bootstrap.enable_local_discovery"),
         ({"pex": {"max_peers_per_exchange": 0}}, "pex.max_peers_per_exchange"),
         ({"pex": {"colour": 1}}, "pex.colour"),
@@ -55,6 +56,11 @@ def test_errors_name_the_field(data, field):
         config_from_dict(data)
     assert info.value.field == field
     assert field in str(info.value)
+
+
+def test_nameservers_are_addresses_or_doh_urls():
+    dns = {"nameservers": ["127.0.0.1", "::1", "https://dns.example/dns-query"]}
+    assert config_from_dict({"bootstrap": {"dns": dns}}).bootstrap.dns.nameservers[2].startswith("https://")
 
 
 def test_bad_toml(tmp_path):

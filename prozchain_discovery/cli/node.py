@@ -24,15 +24,15 @@ __all__ = ["cmd_node", "node_config"]
 log = logging.getLogger("prozchain_discovery")
 
 
-def _split_host_port(text: str) -> tuple[str, str]:
-    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address → (host, port text)."""
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address → (host, port text or None)."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else rest
+        return host, rest[1:] if rest.startswith(":") else (rest or None)
     if text.count(":") == 1:
         host, _, port = text.partition(":")
         return host, port
-    return text, ""  # a name, or an IPv6 address without a port
+    return text, None  # a name, or an IPv6 address without a port
 
 
 def _flag_for(field_name: str, args: argparse.Namespace, before: DiscoveryConfig) -> str | None:
@@ -45,7 +45,7 @@ def _flag_for(field_name: str, args: argparse.Namespace, before: DiscoveryConfig
         return simple[field_name]
     if field_name.startswith("listen[") and args.listen:
         return "--listen"
-    if field_name.startswith("bootstrap.dns.") and args.dns_server:
+    if (field_name == "bootstrap.dns" or field_name.startswith("bootstrap.dns.")) and args.dns_server is not None:
         return "--dns-server"
     for name, flag in (("bootstrap_nodes", "--bootstrap"), ("static_peers", "--static"), ("dns_seeds", "--dns-seed")):
         prefix = f"bootstrap.{name}["
@@ -57,14 +57,22 @@ def _flag_for(field_name: str, args: argparse.Namespace, before: DiscoveryConfig
 
 
 def node_config(args: argparse.Namespace) -> DiscoveryConfig:
-    cfg = load_config(args.config) if args.config else DiscoveryConfig()
+    """The config file (``--config``) with the flags applied; an error names the flag or file."""
+    try:
+        cfg = load_config(args.config) if args.config else DiscoveryConfig()
+    except ConfigError as exc:
+        if exc.field == "<file>":  # cannot read it, not TOML: the problem names the file
+            raise CliError(f"--config: {exc.problem}", code=2) from None
+        raise CliError(f"--config {args.config}: {exc}", code=2) from None
     try:
         return _apply_flags(cfg, args)
     except ConfigError as exc:
         flag = _flag_for(exc.field, args, cfg)
-        if flag is None:
-            raise
-        raise CliError(f"{flag}: {exc.problem}", code=2) from None
+        if flag is not None:
+            raise CliError(f"{flag}: {exc.problem}", code=2) from None
+        if args.config:  # a value from the file, refused only with the flags applied
+            raise CliError(f"--config {args.config}: {exc}", code=2) from None
+        raise
 
 
 def _apply_flags(cfg: DiscoveryConfig, args: argparse.Namespace) -> DiscoveryConfig:
@@ -82,9 +90,9 @@ def _apply_flags(cfg: DiscoveryConfig, args: argparse.Namespace) -> DiscoveryCon
         changes["min_peers_for_startup"] = args.min_peers
     if args.dns_server is not None:
         host, port = _split_host_port(args.dns_server)
-        if not host or (port and not port.isdigit()):
-            raise ConfigError("bootstrap.dns", f"{args.dns_server!r}: expected HOST or HOST:PORT")
-        changes["dns"] = dataclasses.replace(boot.dns, nameservers=(host,), port=int(port) if port else 53)
+        if not host or (port is not None and not (port.isascii() and port.isdigit())):
+            raise ConfigError("bootstrap.dns", f"{args.dns_server!r}: expected IP or IP:PORT ([IPv6]:PORT)")
+        changes["dns"] = dataclasses.replace(boot.dns, nameservers=(host,), port=53 if port is None else int(port))
     top: dict[str, Any] = {}
     if changes:
         top["bootstrap"] = dataclasses.replace(boot, **changes)
@@ -222,7 +230,6 @@ def _start_node(args: argparse.Namespace, collect: bool) -> int:
     import trio
 
     from ..fsutil import default_data_dir
-    from ..host import KeyFileError, load_or_create_key
 
     setup_logging(args.log_level)
     try:
@@ -236,14 +243,19 @@ def _start_node(args: argparse.Namespace, collect: bool) -> int:
             data_dir, label = default_data_dir(), "data dir"
         _prepare_data_dir(data_dir, label)
         key_file = Path(args.key_file) if args.key_file else data_dir / "identity.key"
-        key, created = load_or_create_key(key_file)
+        from ..host import KeyFileError, load_or_create_key  # libp2p: after the flags are checked
+
+        try:
+            key, created = load_or_create_key(key_file)
+        except KeyFileError as bad_key:
+            raise CliError(str(bad_key), code=2) from None
         log.info("%s identity key %s", "created" if created else "loaded", key_file)
         trio.run(_run_node, cfg, key, listen, data_dir, args.metrics_listen, collect)
     except BaseException as raised:
         exc = sole(raised)
         if isinstance(exc, CliError):
             code = exc.code
-        elif isinstance(exc, ConfigError | KeyFileError):
+        elif isinstance(exc, ConfigError):
             code = 2
         elif isinstance(exc, OSError):
             code = 1

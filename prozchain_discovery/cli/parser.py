@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="static peer: always kept connected, re-dialed when lost (repeatable)")
     node.add_argument("--dns-seed", metavar="SEED", action="append", default=[],
                       help="DNS seed: /dnsaddr/<domain>, or a host name[:port] (repeatable)")
-    node.add_argument("--dns-server", metavar="HOST[:PORT]",
-                      help="resolver for DNS seeds (default: the system resolver)")
+    node.add_argument("--dns-server", metavar="IP[:PORT]",
+                      help="resolver for DNS seeds, by address (default: the system resolver)")
     node.add_argument("--network-id", metavar="ID", help="network to join (default prozchain-mainnet)")
     node.add_argument("--mdns", action="store_true", help="enable local discovery with mDNS")
     node.add_argument("--min-peers", type=at_least_one, metavar="N",
