@@ -24,8 +24,10 @@ Network groups follow Bitcoin Core's ``GetGroup`` idea adapted to libp2p:
   The private section is deliberately not used: it lists suffixes under which names are free
   for anyone (``libp2p.direct`` of AutoTLS, dynamic DNS), which would make groups free too.
   Names are IDNA (UTS 46) normalised first, so Unicode spellings of a domain are one group.
-  A name that is itself a public suffix, or whose TLD the list does not know (``localhost``,
-  ``seed.example``), is its own group;
+  A TLD the list does not know is a public suffix, as the list's algorithm's default rule
+  ``*`` says: ``n1.evil.example`` and ``n2.evil.example`` are one group ``evil.example``
+  (otherwise an unlisted TLD would give anyone a group per name). A name that is itself a
+  public suffix (``co.uk``, ``localhost``, ``example``) is its own group;
 * anything else (``/unix``, ``/onion3``, ...) is ``"other:"`` plus the address up to its
   ``/p2p/``; bytes that are not a valid multiaddr are ``"other:invalid"`` (scope OTHER).
 
@@ -357,8 +359,8 @@ def _v6_group(n: int, port: int | None) -> str:
 @functools.cache
 def _public_suffixes() -> PublicSuffixList:
     """The Public Suffix List shipped with ``publicsuffixlist`` (built once, ~30 ms), ICANN
-    section only; unknown TLDs are not suffixes (``privatesuffix`` returns None for them)."""
-    return PublicSuffixList(accept_unknown=False, only_icann=True)
+    section only; an unknown TLD is a public suffix (the algorithm's default rule ``*``)."""
+    return PublicSuffixList(accept_unknown=True, only_icann=True)
 
 
 def _dns_group(name: str) -> str:

@@ -105,11 +105,17 @@ def test_dns_names_are_grouped_by_registrable_domain():
         assert _scope(f"/{proto}/a.b.example.com") is AddrScope.DNS
     assert _group("/dns4/x.y.example.co.uk/tcp/1") == "dns:example.co.uk"
     assert _group("/dns4/example.co.uk/tcp/1") != _group("/dns4/other.co.uk/tcp/1")
-    # A name that is itself a public suffix, or under an unknown TLD: the name itself.
+    # A name that is itself a public suffix: the name itself.
     assert _group("/dns4/co.uk/tcp/1") == "dns:co.uk"
-    assert _group("/dns4/Seed.Example./tcp/1") == "dns:seed.example"
-    assert _group("/dns4/a.seed.example/tcp/1") == "dns:a.seed.example"
     assert _group("/dns4/localhost/tcp/1") == "dns:localhost"
+    assert _group("/dns4/example/tcp/1") == "dns:example"
+    # A TLD the list does not know is a public suffix (the algorithm's default rule "*"): the
+    # names under one domain of it are one group, as under a listed TLD.
+    assert _group("/dns4/Seed.Example./tcp/1") == "dns:seed.example"
+    assert _group("/dns4/a.seed.example/tcp/1") == "dns:seed.example"
+    assert _group("/dns4/n1.evil.example/tcp/1") == _group("/dns4/n2.evil.example/tcp/1") == "dns:evil.example"
+    assert _group("/dns4/n1.evil.example/tcp/1") != _group("/dns4/n1.good.example/tcp/1")
+    assert _group("/dns4/a.b.node.localhost/tcp/1") == "dns:node.localhost"
     # Only ICANN suffixes count: free subdomains under a private-section suffix (AutoTLS's
     # libp2p.direct, dynamic DNS) would otherwise give anyone any number of groups.
     assert _group(f"/dns4/1-2-3-4.k51q{'a' * 20}.libp2p.direct/tcp/1") == "dns:libp2p.direct"
