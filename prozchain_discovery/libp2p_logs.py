@@ -6,6 +6,10 @@ its records at ``level`` and above to ``prozchain_discovery.libp2p.<module>``, a
 ``rate_per_minute`` per message template (then one "suppressed K similar" record), with
 :data:`SHUTDOWN_NOISE` — what py-libp2p logs at ERROR for every stream torn down under it —
 demoted to DEBUG.
+
+:func:`hold_noisy_loggers` (also the CLI's call) keeps dependencies that trace their internals
+at DEBUG (:data:`NOISY_LOGGERS`, item 20 of the notes) at INFO, so ``--log-level DEBUG`` shows
+our records and libp2p's.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from typing import Any
 
 __all__ = [
     "LIBP2P_LOGGER",
+    "NOISY_LOGGERS",
     "SHUTDOWN_NOISE",
     "RateLimitFilter",
     "Libp2pLogRouter",
     "route_libp2p_logs",
+    "hold_noisy_loggers",
     "is_shutdown_noise",
     "message_template",
 ]
@@ -48,6 +54,12 @@ SHUTDOWN_NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
     # Swarm.add_conn cancelled because the host is stopping
     ("libp2p.network.swarm", re.compile(r"\[ADDCONN_FAIL\] add_conn failed for peer \S+: Cancelled\(")),
 )
+
+# Dependencies whose DEBUG records trace their internals, not events: multiaddr logs each step
+# of encoding or decoding every field of every address ("[DEBUG CID to_bytes] ...", "[DEBUG
+# bytes_to_string] ..."): 98 % of a node's lines at DEBUG, about 170 a second with 3 peers.
+# Found by running nodes at DEBUG and counting lines per logger; no other logger came close.
+NOISY_LOGGERS: tuple[str, ...] = ("multiaddr",)
 
 _PEER_ID = re.compile(r"\b(?:12D3KooW|16Uiu2|Qm)[1-9A-HJ-NP-Za-km-z]{20,}")
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
@@ -207,3 +219,12 @@ def route_libp2p_logs(level: int = logging.WARNING, *, rate_per_minute: int = 10
     lg.addHandler(Libp2pLogRouter(level, rate_per_minute))
     lg.setLevel(level)
     lg.propagate = False
+
+
+def hold_noisy_loggers(level: int = logging.INFO) -> None:
+    """Each of :data:`NOISY_LOGGERS` passes records at ``level`` and above only, whatever the
+    root logger's level; one the application already set higher is left as it is."""
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < level:  # NOTSET (inherit the root's DEBUG) or DEBUG
+            logger.setLevel(level)

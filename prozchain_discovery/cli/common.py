@@ -16,7 +16,7 @@ class CliError(Exception):
 
 
 def setup_logging(level: str) -> None:
-    from ..libp2p_logs import route_libp2p_logs
+    from ..libp2p_logs import hold_noisy_loggers, route_libp2p_logs
 
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -26,6 +26,8 @@ def setup_logging(level: str) -> None:
     # libp2p's own warnings and errors go to our log (rate-limited there); its debug chatter
     # only with --log-level DEBUG.
     route_libp2p_logs(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
+    # DEBUG is ours and libp2p's: not multiaddr's trace of every address it parses.
+    hold_noisy_loggers()
 
 
 def sole(exc: BaseException) -> BaseException:
