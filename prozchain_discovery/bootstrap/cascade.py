@@ -82,6 +82,10 @@ class Cascade:
         self.data_dir = data_dir
         self.local_id = host.get_id()
         self.phase = "idle"
+        # A node short of peers runs a pass every few seconds: each step's line is logged (at
+        # INFO) when it says something new, at DEBUG when it repeats the last pass's.
+        self._said: dict[str, tuple[int, int, int]] = {}
+        self._said_dns_wait = False
         self.dns_gate = DnsLookupGate(self.boot.dns_lookup_interval)
         self.dns = DnsSeedResolver(
             ResolverConfig(self.boot.dns.nameservers, self.boot.dns.port, self.boot.dns.timeout),
@@ -134,7 +138,10 @@ class Cascade:
             self.phase = name
             before = len(self.connections)
             await step(need)
-            log.info("cascade %s: %d -> %d peers (want %d)", name, before, len(self.connections), need)
+            line = (before, len(self.connections), need)
+            repeat, self._said[name] = self._said.get(name) == line, line
+            log.log(logging.DEBUG if repeat else logging.INFO,
+                    "cascade %s: %d -> %d peers (want %d)", name, *line)
         self.phase = "done" if len(self.connections) >= need else "waiting"
 
     async def _phase_book(self, need: int) -> None:
@@ -225,8 +232,11 @@ class Cascade:
             return
         now = trio.current_time()
         if not self.dns_gate.may_lookup(now):
-            log.info("dns seeds: next lookup allowed in %.0f s", self.dns_gate.next_allowed(now))
+            log.log(logging.DEBUG if self._said_dns_wait else logging.INFO,
+                    "dns seeds: next lookup allowed in %.0f s", self.dns_gate.next_allowed(now))
+            self._said_dns_wait = True  # once per wait between lookups
             return
+        self._said_dns_wait = False
         self.metrics.inc("dns_lookups")
         results = await self.dns.resolve_all(list(seeds))
         by_peer: dict[ID, list[multiaddr.Multiaddr]] = {}

@@ -76,6 +76,7 @@ class NatService:
         self.serve_stun_port = serve_stun_port
         self.stun_responder: Any = None
         self.status_value = NatStatus()
+        self._logged: tuple[str, str, tuple[str, ...]] | None = None  # what the "NAT:" line said last
         self.mapper = (
             PortMapper(self._listen_ports, metrics=metrics, on_change=self._on_mappings) if port_mapping else None
         )
@@ -158,8 +159,14 @@ class NatService:
         if status == self.status_value and status.details == self.status_value.details:
             return
         self.status_value = status
-        log.info("NAT: %s, %s, external %s", status.nat_type, status.reachability.value,
-                 ", ".join(status.external_addrs) or "-")
+        # The line says type, reachability and external addresses: logged when one of them
+        # changed, not for every new piece of evidence (a classification is followed by its
+        # observed-address cross-check, then dial-back results: the same line 2-3 times).
+        shown = (status.nat_type, status.reachability.value, status.external_addrs)
+        if shown != self._logged:
+            self._logged = shown
+            log.info("NAT: %s, %s, external %s", status.nat_type, status.reachability.value,
+                     ", ".join(status.external_addrs) or "-")
         self.bus.publish(NatStatusChanged(status))
 
     def _on_mappings(self, mappings: list[PortMapping]) -> None:
