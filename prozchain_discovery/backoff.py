@@ -105,8 +105,12 @@ class DialBackoff:
         st.attempts += 1
         st.last_attempt = now
 
-    def record_failure(self, key: Hashable, now: float, error: str = "") -> float:
-        """Returns the delay until the next attempt is allowed (inf once given up)."""
+    def record_failure(self, key: Hashable, now: float, error: str = "", *, scale: float = 1.0) -> float:
+        """Returns the delay until the next attempt is allowed (inf once given up).
+
+        ``scale`` (>= 1) stretches the delay when the node is overloaded (the dialer's
+        :attr:`~.dialer.congestion.DialWindow.load`): a retry then waits for the CPU to catch up
+        instead of adding to the queue. The cap still holds."""
         st = self._touch(key)
         st.failures += 1
         st.last_error = error[:200]
@@ -114,7 +118,7 @@ class DialBackoff:
             st.given_up = True
             st.retry_at = float("inf")
             return float("inf")
-        delay = self.delay_for(st.failures)
+        delay = min(float(self.config.cap), self.delay_for(st.failures) * max(1.0, scale))
         if key in self._kept:
             delay = min(delay, KEEP_TRYING_CAP)
         if self.config.jitter:

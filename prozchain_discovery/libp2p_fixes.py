@@ -15,6 +15,9 @@ stock configuration and its absence with ours.
   identify ``delay`` seconds after the connection (nothing waits for it: ``new_stream`` does not,
   and our own use of the signed record it brings waits up to 5 s) — except over a relayed
   (``/p2p-circuit``) connection and for peers named by :func:`identify_now` (hole punching).
+* Bug 18 — negative dial cache: a peer whose addresses all failed is refused for 60 s by
+  ``Swarm.dial_peer`` whatever our backoff says; :func:`allow_redial` evicts it before each dial
+  the dialer decided to make (a static peer back after 10 s was unreachable for up to 60 s).
 * Bug 2 — plaintext/secio accepted by default: we pass Noise as the only security transport.
 * Bug 9 — hidden AutoConnector: any peer with addresses in the peerstore is dialed every
   ~10 s while below ``min_connections=50``. Our outbound policy (peer database +
@@ -265,6 +268,17 @@ def no_swarm_retries(host: Any) -> None:
     if not hasattr(current, "max_retries"):
         raise _patch_error(patch, "Swarm.retry_config.max_retries")
     network.retry_config = RetryConfig(max_retries=0)
+
+
+def allow_redial(host: Any, peer_id: Any) -> None:
+    """Bug 18 (negative dial cache): once every address of a peer failed, ``Swarm.dial_peer``
+    refuses that peer for 60 s without touching the network. The dialer owns backoff (a static
+    peer's cap may be 1 s), so a dial it decided to make evicts the peer from that cache first."""
+    network = host.get_network()
+    unblock = getattr(network, "unblock_peer", None)
+    if unblock is None:
+        raise _patch_error("allow_redial", "Swarm.unblock_peer")
+    unblock(peer_id)
 
 
 # ---- identify deferral --------------------------------------------------------------------

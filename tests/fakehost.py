@@ -34,6 +34,10 @@ class FakeNetwork:
     def remove_notifee(self, n: Any) -> None:
         self.notifees.remove(n)
 
+    def unblock_peer(self, peer_id: ID) -> None:
+        """py-libp2p's negative dial cache: the stand-in has none (the dialer clears it)."""
+        self.unblocked = getattr(self, "unblocked", 0) + 1
+
     def get_connections(self, peer_id: ID) -> list[Any]:
         return [self.host.conns[peer_id]] if peer_id in self.host.conns else []
 

@@ -71,3 +71,13 @@ def test_table_stays_bounded_after_100000_failed_peers():
     assert len(b) == 1001 and b.evicted == 99_000
     assert b.state(b"static") is not None  # kept keys are never evicted
     assert len(b.snapshot(0.0)) <= 50
+
+
+def test_load_stretches_the_delay_up_to_the_cap():
+    """Under load (the dialer's window cut) a retry waits longer; the cap still holds."""
+    b = DialBackoff(BackoffConfig(jitter=0.0, give_up_after=100), random.Random(1))
+    assert b.record_failure("a", 0.0, scale=4.0) == 24.0  # (5 + 1) x 4
+    assert b.record_failure("b", 0.0, scale=0.5) == 6.0  # never shorter than unloaded
+    for _ in range(20):
+        d = b.record_failure("c", 0.0, scale=16.0)
+    assert d == 300.0

@@ -21,6 +21,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from .. import libp2p_fixes
 from ..addrs import AddrScope, scope_of, strip_p2p
 from ..backoff import DialBackoff
 from ..config import BootstrapConfig
@@ -29,6 +30,7 @@ from ..metrics import Metrics
 from ..net.probe import ProbeError, probe_peer_id
 from ..peerdb import PeerSource
 from ..ports import Connections, DialTarget, DialTransport, PeerBookView
+from .congestion import CALM_LAG, DialWindow
 from .race import DialRace, HedgePolicy
 
 __all__ = ["Dialer", "AddrFilter", "loopback_only", "UNSIGNED_TTL"]
@@ -73,6 +75,10 @@ class Dialer:
         self.addr_filter = addr_filter
         self.transports = list(transports)
         self.hedge = HedgePolicy()
+        # Every dial of this node, whoever asks (cascade, outbound slots, PEX address fetch,
+        # static peers, mDNS), takes a slot of one congestion window (dialer/congestion.py).
+        self.window = DialWindow(config.max_parallel_dials)
+        self._slot_freed = trio.Event()
         # Keys: a peer id's bytes, or "probe <multiaddr>" for a DNS seed's bare address.
         self.backoff = DialBackoff(
             config.backoff, rng, label=lambda k: k if isinstance(k, str) else str(ID(k))  # type: ignore[arg-type]
@@ -134,13 +140,45 @@ class Dialer:
         if peer_id in self.connections:
             return True
         addr_list = [strip_p2p(a) for a in addrs]
-        db = self.book.db
         if not self.backoff.allowed(key, now):
             return False
         if not self.may_contact(addr_list, f"dial {peer_id}"):
             self.backoff.record_failure(key, now, "refused by the address filter")
             return False
         self.connections.note_intent(peer_id, source)
+        await self._take_slot()
+        try:
+            if peer_id in self.connections:  # it dialed us while we queued
+                return True
+            return await self._dial_now(peer_id, addr_list, source, timeout)
+        finally:
+            self.window.end()
+            self._slot_freed.set()
+            self._slot_freed = trio.Event()
+
+    async def _loop_lag(self) -> float:
+        """How long a task that yields waits to run again: the CPU-congestion signal."""
+        t0 = trio.current_time()
+        await trio.lowlevel.checkpoint()
+        return trio.current_time() - t0
+
+    async def _take_slot(self) -> None:
+        while True:
+            self.window.on_lag(await self._loop_lag(), self.now())
+            if self.window.may_start():
+                self.window.start()
+                return
+            self.metrics.inc("dials_queued")
+            await self._slot_freed.wait()
+
+    async def _dial_now(
+        self, peer_id: ID, addr_list: list[multiaddr.Multiaddr], source: PeerSource, timeout: float | None
+    ) -> bool:
+        key = peer_id.to_bytes()
+        db = self.book.db
+        now = self.now()
+        if not self.backoff.allowed(key, now):  # another dial of this peer failed while we queued
+            return False
         self.backoff.record_attempt(key, now)
         if peer_id in db:
             db.mark_attempt(peer_id, now)
@@ -158,8 +196,13 @@ class Dialer:
                 error = f"{type(exc).__name__}: {exc}"
         now = self.now()
         if error:
-            delay = self.backoff.record_failure(key, now, error)
-            if peer_id in db:
+            loaded = self.window.congested
+            if error == "timeout":
+                self.window.on_timeout(now)
+                self.metrics.inc("dial_timeouts")
+            delay = self.backoff.record_failure(key, now, error, scale=self.window.load)
+            # A timeout while the CPU is the bottleneck says nothing about the peer.
+            if peer_id in db and not (loaded and error == "timeout"):
                 db.mark_failure(peer_id, now)
             self.metrics.inc("dial_failures", source=source.value)
             log.debug("dial %s (%s) failed: %s; retry in %.0f s", peer_id, source.value, error[:120], delay)
@@ -190,6 +233,7 @@ class Dialer:
         if direct or not fallbacks:
             if direct:
                 self.host.get_peerstore().add_addrs(peer_id, direct, UNSIGNED_TTL)
+            libp2p_fixes.allow_redial(self.host, peer_id)
             if not fallbacks:
                 await self.host.connect(PeerInfo(peer_id, direct))
                 return
@@ -236,6 +280,9 @@ class Dialer:
 
             while nxt is not None and not race.reached(count()):
                 now = self.now()
+                # Under load a late dial is the CPU's fault: a backup would only queue behind it.
+                calm = not self.window.congested and self.window.last_lag <= CALM_LAG
+                race.hedge_delay = self.hedge.delay if calm else float("inf")
                 if race.may_start(now, count()):
                     nursery.start_soon(one, race.start(now, count()), *nxt)
                     nxt = next(pending, None)
@@ -295,4 +342,5 @@ class Dialer:
         return found
 
     def status(self) -> dict[str, Any]:
-        return {"backoff": self.backoff.snapshot(self.now()), "hedge_delay": round(self.hedge.delay, 4)}
+        return {"backoff": self.backoff.snapshot(self.now()), "hedge_delay": round(self.hedge.delay, 4),
+                "dial_window": self.window.status()}
