@@ -21,6 +21,7 @@ from libp2p.peer.id import ID
 from .addrs import parse_multiaddr
 from .events import (
     ConnectivityRestored,
+    DuplicateConnection,
     EventBus,
     ListenAddressesChanged,
     PeerConnected,
@@ -149,6 +150,8 @@ class ConnectionTracker:
         cp = self.connected.get(peer_id)
         if cp is not None and _RELAYED in cp.addr and addr and _RELAYED not in addr:
             cp.addr = addr  # a direct connection beside a relayed one (hole punching): show it
+        elif cp is not None and addr and _RELAYED not in addr:
+            self.bus.publish(DuplicateConnection(peer_id))
         self._track(peer_id, source, outbound, addr)
 
     def _addr_of(self, conn: INetConn, peer_id: ID) -> str:

@@ -46,6 +46,7 @@ __all__ = [
     "RelayAddressesChanged",
     "WrongNetwork",
     "Misbehaved",
+    "DuplicateConnection",
 ]
 
 E = TypeVar("E")
@@ -67,6 +68,14 @@ class PeerDisconnected:
 
     peer_id: ID
     remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateConnection:
+    """A second direct connection to an already connected ``peer_id`` opened (both sides dialed
+    at once): one of the two must go, the same one on both sides."""
+
+    peer_id: ID
 
 
 @dataclass(frozen=True, slots=True)

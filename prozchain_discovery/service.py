@@ -56,6 +56,7 @@ from .ports import ConnectedPeer, DialTransport
 from .relay.client import AutoRelay
 from .relay.server import RelayServer
 from .relay.transport import CircuitDialer
+from .simultaneous import SimultaneousConnect
 from .status import StatusWriter
 from .wire.messages import BOOTSTRAP_PROTOCOL, PEX_PROTOCOL
 
@@ -112,6 +113,7 @@ class DiscoveryService:
             host, cfg.bootstrap, connections=conns, book=book, bus=bus, metrics=metrics, rng=rng,
             addr_filter=addr_filter, transports=transports,
         )
+        self.simultaneous = SimultaneousConnect(host, bus=bus, metrics=metrics)
         self.guard = InboundGuard(bus=bus, metrics=metrics, disconnect=dialer.disconnect)
         self.addresses = LocalAddresses(host, bus=bus, metrics=metrics)
         common: dict[str, Any] = {"connections": conns, "dialer": dialer, "bus": bus, "metrics": metrics}
@@ -226,8 +228,8 @@ class DiscoveryService:
             self.status_writer.write()
 
     def _components(self) -> list[object]:
-        running: list[object] = [self.book, self.addresses, self.guard, self.nat, self.static, self.cascade,
-                                 self.outbound]
+        running: list[object] = [self.book, self.addresses, self.guard, self.simultaneous, self.nat, self.static,
+                                 self.cascade, self.outbound]
         if self.config.pex.enabled:
             running.append(self.pex)
         if self.config.bootstrap.enable_local_discovery:

@@ -1,0 +1,106 @@
+"""Simultaneous connect: when two peers dial each other at once, both keep the same connection.
+
+py-libp2p 0.8.1 keeps both connections of a simultaneous dial (two handshakes, two Yamux
+sessions, identify twice) until a later connection makes its per-peer trim close one — a
+choice each side makes on its own (fewest streams, oldest), so each may close a different one
+and the pair ends with none. libp2p's rule for this is one both sides compute alike: here, the
+connection **initiated by the peer with the smaller peer id** (raw bytes) stays; every other
+direct connection to that peer is closed, by whichever side sees it first (closing it closes it
+for both). A relayed connection beside a direct one is the hole puncher's business, not ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+
+from .events import DuplicateConnection, EventBus, Wakeup
+from .metrics import Metrics
+
+__all__ = ["SimultaneousConnect", "keeper", "initiated_locally"]
+
+log = logging.getLogger("prozchain_discovery.connections")
+
+_RELAYED = "/p2p-circuit"
+MAX_PENDING = 1024
+
+
+def initiated_locally(conn: Any) -> bool:
+    direction = getattr(conn, "direction", None)
+    name = getattr(direction, "name", "")
+    if name in ("OUTBOUND", "INBOUND"):
+        return bool(name == "OUTBOUND")
+    return bool(getattr(getattr(conn, "muxed_conn", None), "is_initiator", False))
+
+
+def keeper(local_id: ID, peer_id: ID, conns: Sequence[Any]) -> Any:
+    """The one of ``conns`` (direct connections to ``peer_id``) that both sides keep: one the
+    smaller peer id initiated; among several such (rare: one side dialed twice), the oldest."""
+    we_initiate = local_id.to_bytes() < peer_id.to_bytes()
+    preferred = [c for c in conns if initiated_locally(c) == we_initiate] or list(conns)
+    return min(preferred, key=lambda c: getattr(c, "_created_at", 0.0))
+
+
+def _direct(conn: Any) -> bool:
+    if getattr(conn, "is_closed", False) or getattr(getattr(conn, "muxed_conn", None), "is_closed", False):
+        return False
+    try:
+        addrs = conn.get_transport_addresses()
+    except Exception:
+        return False
+    return not any(_RELAYED in str(a) for a in addrs)
+
+
+class SimultaneousConnect:
+    """Closes the losing connection of each simultaneous dial (module docstring)."""
+
+    def __init__(self, host: IHost, *, bus: EventBus, metrics: Metrics) -> None:
+        self.host = host
+        self.metrics = metrics
+        self.local_id = host.get_id()
+        self._pending: set[ID] = set()
+        self._wake = Wakeup()
+        bus.subscribe(DuplicateConnection, self._on_duplicate)
+
+    def _on_duplicate(self, ev: DuplicateConnection) -> None:
+        if len(self._pending) < MAX_PENDING:
+            self._pending.add(ev.peer_id)
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait_until(None)
+            while self._pending:
+                await self.resolve(self._pending.pop())
+
+    async def resolve(self, peer_id: ID) -> int:
+        """Close ``peer_id``'s direct connections but the keeper; returns how many closed."""
+        conns = [c for c in self.host.get_network().get_connections(peer_id) if _direct(c)]
+        if len(conns) < 2:
+            return 0
+        keep = keeper(self.local_id, peer_id, conns)
+        closed = 0
+        for conn in conns:
+            if conn is keep:
+                continue
+            closed += 1
+            self.metrics.inc("simultaneous_connects_resolved")
+            log.debug("simultaneous connect with %s: closing the %s connection, keeping the %s one",
+                      peer_id, "outbound" if initiated_locally(conn) else "inbound",
+                      "outbound" if initiated_locally(keep) else "inbound")
+            with trio.move_on_after(2):
+                try:
+                    await conn.close()
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:
+                    log.debug("closing a duplicate connection to %s: %s", peer_id, exc)
+        return closed
+
+    def status(self) -> dict[str, Any]:
+        return {}
