@@ -92,3 +92,34 @@ def test_addr_fetch_budget_and_saturation():
     assert pex.addr_fetch_budget(110, 65.0) == 12
     pex.note_fetch_round(asked=12, gained=5)  # the network has little more to tell
     assert pex.addr_fetch_budget(115, 125.0) == 0
+
+
+def test_regular_answers_with_nothing_new_stop_address_fetch():
+    """A 50-node network a minute old: the regular round's answers carry records the node
+    knows already, so the fetch round that follows is skipped (it cost 370 handshakes)."""
+    from prozchain_discovery.config import PexConfig
+    from prozchain_discovery.pex.policy import PeerExchange
+
+    pex = PeerExchange(PexConfig(), "net")
+    pex.start_fetching(0.0)
+    assert pex.fetch_due(1.0) and pex.addr_fetch_budget(40, 1.0) > 0  # nothing heard yet
+    for _ in range(8):
+        pex.note_answer(records=40, new=1)
+    pex.note_answer(records=0, new=0)  # an empty answer says nothing
+    assert pex.fetch_due(100.0)
+    assert pex.fetch_saturated and pex.addr_fetch_budget(40, 100.0) == 0
+
+
+def test_regular_answers_full_of_news_keep_address_fetch_going():
+    from prozchain_discovery.config import PexConfig
+    from prozchain_discovery.pex.policy import PeerExchange
+
+    pex = PeerExchange(PexConfig(), "net")
+    pex.start_fetching(0.0)
+    for _ in range(8):
+        pex.note_answer(records=50, new=45)
+    assert pex.fetch_due(1.0) and not pex.fetch_saturated
+    pex.note_fetch(gained=30)
+    assert not pex.fetch_saturated
+    pex.note_fetch(gained=1)  # one fetch that brought next to nothing ends the round
+    assert pex.fetch_saturated
