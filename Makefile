@@ -60,7 +60,8 @@ demo: setup
 	$(PY) -m prozchain_discovery demo --nodes 30
 
 bench: setup
-	$(PY) bench/bench_join.py
+	$(PY) bench/bench_shipped.py
+	$(PY) bench/bench_join.py --no-dht
 	$(PY) bench/bench_peerdb.py
 
 # Regenerate wire/pb from protocols/*.proto (needs grpcio-tools; output is committed).

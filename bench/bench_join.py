@@ -1,5 +1,9 @@
 """Join time: a node joining a 50-node loopback network through one bootstrap node.
 
+The friendly baseline: the network is the demo's (the bootstrap node has no outbound slots,
+PEX intervals shortened) and every node, joiners included, lives in this one process. The
+shipped config, with the joiner in its own process, is measured by bench/bench_shipped.py.
+
 Measures, in one run:
   * our cascade: start -> ``min_peers_for_startup`` (8) connected, over several fresh joiners;
   * one dial + Noise/Yamux handshake with our host factory (wall and CPU);
