@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 # Nothing in this suite may dial off this machine: the service refuses non-loopback dials.
 os.environ["PROZCHAIN_DIAL_LOOPBACK_ONLY"] = "1"
@@ -24,3 +25,40 @@ def identity(i: int) -> tuple[KeyPair, ID]:
 @pytest.fixture
 def ident():
     return identity
+
+
+
+# ---- pytest-xdist: `make test` runs the suite with `-n N --dist loadgroup` -------------------
+# Tests that share something machine-wide run on one worker, one after another:
+# - "natlab": every module that uses the NAT lab (fixed namespace names and one machine-wide
+#   lock: the lab is built once, by that worker);
+# - "mdns": real mDNS on port 5353 (the nodes of two such tests would find each other), with the
+#   js interop module, which holds one of them and shares module fixtures (the js mesh).
+# Every other test is scheduled on its own. xdist's ``xdist_group`` marker would say the same,
+# but xdist 3.8 groups by rewriting ``item._nodeid``, which pytest 9.2 no longer reads; so the
+# scheduler is given the groups directly, by module.
+_MDNS_MODULES = {"tests/test_mdns.py", "tests/test_js_interop.py"}
+_TESTS = Path(__file__).parent
+
+
+@functools.cache
+def _xdist_group(module: str) -> str | None:
+    if module in _MDNS_MODULES:
+        return "mdns"
+    try:
+        source = (_TESTS.parent / module).read_text()
+    except OSError:
+        return None
+    return "natlab" if "natlab_fixture import" in source else None
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ByResource(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _xdist_group(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+
+    return ByResource(config, log)

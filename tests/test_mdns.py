@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import trio
 from multiaddr import Multiaddr
@@ -37,7 +39,25 @@ def test_parse_service_txt_and_srv_fallback():
 
 
 @pytest.mark.skipif(not _has_multicast_interface(), reason="no multicast-capable interface here")
-async def test_two_nodes_find_each_other_without_blocking_the_loop():
+async def test_two_nodes_find_each_other_without_blocking_the_loop(monkeypatch):
+    import zeroconf
+
+    # "Without blocking the loop" as a fact, not a time: no blocking zeroconf call runs on the
+    # trio thread (a loop-gap bound would measure the machine's load as well).
+    trio_thread, on_trio_thread = threading.get_ident(), []
+
+    def watched(cls, name):
+        original = getattr(cls, name)
+
+        def call(*args, **kwargs):
+            if threading.get_ident() == trio_thread:
+                on_trio_thread.append(f"{cls.__name__}.{name}")
+            return original(*args, **kwargs)
+        monkeypatch.setattr(cls, name, call)
+
+    for name in ("__init__", "register_service", "get_service_info", "unregister_all_services", "close", "send"):
+        watched(zeroconf.Zeroconf, name)
+    watched(zeroconf.ServiceBrowser, "__init__")
     (_, a), (_, b) = identity(41), identity(42)
     da = MdnsDiscovery(a, lambda: [Multiaddr("/ip4/127.0.0.1/tcp/4101"), Multiaddr("/ip4/0.0.0.0/tcp/9")])
     db = MdnsDiscovery(b, lambda: [Multiaddr("/ip4/127.0.0.1/tcp/4102")])
@@ -75,15 +95,14 @@ async def test_two_nodes_find_each_other_without_blocking_the_loop():
             took = trio.current_time() - t0
             t_stop = trio.current_time()
             nursery.cancel_scope.cancel()
-        stop_took = trio.current_time() - t_stop
+        stop_took = trio.current_time() - t_stop  # bounded by run()'s 3 s shutdown cap
         outer.cancel_scope.cancel()
     print(f"\nmDNS: both found in {took:.2f} s; stop {stop_took:.2f} s; max loop gap {max_gap * 1000:.0f} ms")
     assert found_a and found_b, "peers did not find each other over mDNS"
     assert {p.peer_id for p in found_a} == {b} and {p.peer_id for p in found_b} == {a}  # never ourselves
     assert all("0.0.0.0" not in str(x) for p in found_b for x in p.addrs)  # wildcard never advertised
     assert [str(x) for x in found_b[0].addrs] == [f"/ip4/127.0.0.1/tcp/4101/p2p/{a}"]
-    assert max_gap < 0.1, f"trio loop blocked for {max_gap * 1000:.0f} ms"
-    assert stop_took < 3.0
+    assert not on_trio_thread, f"blocking zeroconf calls on the trio thread: {on_trio_thread}"
 
 
 @pytest.mark.skipif(not _has_multicast_interface(), reason="no multicast-capable interface here")

@@ -13,9 +13,11 @@
   with the classification. Answers ``{"peer_id", "circuit"}``.
 * ``{"cmd": "dial", "circuit": C}`` — dial the other client through the relay (the other side,
   which accepts the relayed connection, drives DCUtR).
-* ``{"cmd": "wait", "peer": ID, "timeout": T}`` — wait for a direct connection to that peer;
-  answers its remote address, the hole-punch result with that peer and the time from the
-  relayed connection to the direct one.
+* ``{"cmd": "wait", "peer": ID, "timeout": T, "settle": true, "migration": true}`` — wait for a
+  direct connection to that peer; answers its remote address, the hole-punch result with that
+  peer and the time from the relayed connection to the direct one. Once direct, ``settle`` also
+  waits (up to 2 s) for the driver's result, ``migration`` for the relayed connection to close
+  (after the service's ``relay_close_grace``); both default to true.
 * ``{"cmd": "down"}`` — close the trial's host.
 
 Until the relay component (prozchain_discovery/relay/) lands, relayed connections are made with
@@ -118,7 +120,7 @@ class Trial:
         await self.transport.dial(multiaddr.Multiaddr(circuit))
         return {"dialed_ms": round((time.perf_counter() - t) * 1000, 1)}
 
-    async def wait(self, peer: ID, timeout: float) -> dict[str, Any]:
+    async def wait(self, peer: ID, timeout: float, settle: bool = True, migration: bool = True) -> dict[str, Any]:
         start = trio.current_time()
         direct: str | None = None
         with trio.move_on_after(timeout):
@@ -147,12 +149,13 @@ class Trial:
         }
         if isinstance(res, HolepunchNotSupported) and relayed is not None:
             out["verdict_after_s"] = round(now - relayed, 4)
-        if direct is not None:  # let the driver's record settle (it finishes just after us)
+        if direct is not None and settle:  # let the driver's record settle (it finishes just after us)
             with trio.move_on_after(2.0):
                 while not isinstance(self.hp.result(peer), HolepunchResult):
                     await trio.sleep(0.02)
             res = self.hp.result(peer)
             out["result"] = None if res is None else res.as_dict()
+        if direct is not None and migration:
             # migration: the relay leg closes once the direct connection exists (after a grace)
             t0 = trio.current_time()
             with trio.move_on_after(self.hp.relay_close_grace + 8.0):
@@ -188,7 +191,8 @@ async def client_main(stun: str, relay: str) -> None:
                 elif cmd["cmd"] == "dial" and trial is not None:
                     emit(await trial.dial(cmd["circuit"]))
                 elif cmd["cmd"] == "wait" and trial is not None:
-                    emit(await trial.wait(ID.from_base58(cmd["peer"]), float(cmd.get("timeout", 20))))
+                    emit(await trial.wait(ID.from_base58(cmd["peer"]), float(cmd.get("timeout", 20)),
+                                          bool(cmd.get("settle", True)), bool(cmd.get("migration", True))))
                 elif cmd["cmd"] == "metrics" and trial is not None:
                     emit(trial.hp.metrics.as_dict())
                 elif cmd["cmd"] == "down" and trial is not None:

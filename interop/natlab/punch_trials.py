@@ -81,15 +81,18 @@ def punch_pair(lab: Lab, a_ns: str, b_ns: str) -> Iterator[Pair]:
             n.stop()
 
 
-def trial(pair: Pair, port: int, timeout: float = 20.0) -> dict[str, Any]:
+def trial(pair: Pair, port: int, timeout: float = 20.0, migration: bool = True) -> dict[str, Any]:
     """One trial: fresh hosts on ``port`` on both sides, b dials a through the relay, both wait
-    for a direct connection (a drives)."""
+    for a direct connection (a drives) and a for its result. With ``migration``, a also waits for
+    the relayed connection to close (``relay_close_grace``, 2 s). b waits for neither: only the
+    driver records a result, and the relayed connection closes for both at once."""
     ia = pair.a.cmd(cmd="up", port=port)
     ib = pair.b.cmd(cmd="up", port=port)
     try:
         pair.b.cmd(cmd="dial", circuit=ia["circuit"])
-        ra = pair.a.cmd(cmd="wait", peer=ib["peer_id"], timeout=timeout)
-        rb = pair.b.cmd(cmd="wait", peer=ia["peer_id"], timeout=5.0 if ra["direct"] is None else timeout)
+        ra = pair.a.cmd(cmd="wait", peer=ib["peer_id"], timeout=timeout, migration=migration)
+        rb = pair.b.cmd(cmd="wait", peer=ia["peer_id"], timeout=5.0 if ra["direct"] is None else timeout,
+                        settle=False, migration=False)
     finally:
         pair.a.cmd(cmd="down")
         pair.b.cmd(cmd="down")
