@@ -169,7 +169,7 @@ async def test_wrong_network_disconnects_and_never_retries():
         other = await net.node(cfg(min_peers=1, network_id="someone-else"))
         node = await net.node(cfg(bootstrap=(addr_of(other),), min_peers=1))
         await wait_until(lambda: other.local_id in node.book.wrong_network)
-        await wait_until(lambda: other.local_id not in node.host.get_connected_peers(), timeout=3)
+        await wait_until(lambda: other.local_id not in node.host.get_connected_peers(), timeout=10)
         assert node.metrics.get("wrong_network") == 1
         assert not await node.dial(other.local_id, [Multiaddr(addr_of(other))], PeerSource.BOOTSTRAP)
         assert other.metrics.get("bootstrap_requests_served", status="1") >= 1
@@ -189,13 +189,13 @@ async def test_malformed_and_oversized_frames_are_reset():
         node = await net.node(cfg(min_peers=1))
         s = await _raw_stream(net, node)
         await s.write(encode_frame(b"\xff\xff\xff not protobuf"))
-        with pytest.raises(Exception), trio.fail_after(3):
+        with pytest.raises(Exception), trio.fail_after(10):
             await read_frame(s)
         s = await _raw_stream(net, node)
         await s.write(encode_uvarint(10 * 1024 * 1024))  # announces 10 MiB, sends nothing more
-        with pytest.raises(Exception), trio.fail_after(3):
+        with pytest.raises(Exception), trio.fail_after(10):
             await read_frame(s)
-        await wait_until(lambda: node.metrics.get("bad_requests") >= 2, timeout=3)
+        await wait_until(lambda: node.metrics.get("bad_requests") >= 2, timeout=10)
         assert node.metrics.get("bad_requests", kind="decode") == 1
         assert node.metrics.get("bad_requests", kind="framing") == 1
 
@@ -261,7 +261,7 @@ async def test_bootstrap_request_round_trip_by_hand():
         boot, peers = await _network(net, 3)
         s = await _raw_stream(net, boot)
         await s.write(encode_frame(BootstrapRequest("prozchain-test", 2).encode()))
-        with trio.fail_after(3):
+        with trio.fail_after(10):
             resp = BootstrapResponse.decode(await read_frame(s))
         assert resp.status == 0 and resp.network_id == "prozchain-test"
         assert len(resp.signed_records) == 2
@@ -287,7 +287,7 @@ async def test_restart_rejoins_through_anchors_with_every_bootstrap_source_down(
             async with AsyncExitStack() as inner:
                 node = await Net(inner).node(c, key=key, data_dir=data)
                 await wait_until(lambda: node.joined_at is not None)
-                await wait_until(lambda: len(node.db.anchors()) >= 2, timeout=5)
+                await wait_until(lambda: len(node.db.anchors()) >= 2)
         # The bootstrap node is gone; no DNS seeds; a fresh process with the same data dir.
         async with AsyncExitStack() as inner:
             node = await Net(inner).node(c, key=key, data_dir=data)

@@ -38,7 +38,9 @@ async def test_bug1_dial_delay_gone():
         stock = await _connect_ms(stock_a, stock_b)
         ours = await _connect_ms(ours_a, ours_b)
     assert stock > 200, f"stock py-libp2p dial took {stock:.0f} ms: bug 1 fixed upstream?"
-    assert ours < 150, f"our dial took {ours:.0f} ms"
+    # Stock is a handshake plus the 250 ms wait, ours a handshake: compared in the same run, so
+    # a loaded machine slows both handshakes rather than failing an absolute bound.
+    assert ours < stock - 100, f"our dial took {ours:.0f} ms, stock {stock:.0f} ms"
 
 
 async def test_bug2_only_noise_offered():

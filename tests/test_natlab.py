@@ -189,7 +189,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(natlab):  # noqa: F811
         assert sorted(lab.existing_namespaces()) == sorted(lab.namespaces)
         t0 = time.monotonic()
         lab.down()
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 30  # a guard: down() never waits out a process's timeout
     assert lab.existing_namespaces() == []
     assert sleeper.poll() is not None
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]

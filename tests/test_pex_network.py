@@ -62,7 +62,7 @@ async def test_rate_limited_requester_is_told_when_to_come_back():
         async def ask() -> PexResponse:
             s = await raw.new_stream(a.local_id, [PEX_PROTOCOL])
             await s.write(encode_frame(PexRequest("prozchain-test", 10).encode()))
-            with trio.fail_after(3):
+            with trio.fail_after(10):
                 return PexResponse.decode(await read_frame(s))
 
         first = await ask()
@@ -72,7 +72,7 @@ async def test_rate_limited_requester_is_told_when_to_come_back():
         await ask()
         await ask()  # the third RATE_LIMITED within one interval marks it abusive
         # -> disconnected
-        await wait_until(lambda: raw.get_id() not in a.host.get_connected_peers(), timeout=3)
+        await wait_until(lambda: raw.get_id() not in a.host.get_connected_peers(), timeout=10)
         assert a.metrics.get("pex_requests_served", verdict="abusive") == 1
         # It comes back at once with the same identity: refused before any work, on both protocols.
         assert a.metrics.get("bans", reason="ignored_rate_limit") == 1
@@ -86,7 +86,7 @@ async def test_rate_limited_requester_is_told_when_to_come_back():
             await s.write(encode_frame(PexRequest("prozchain-test", 10).encode()))
             await read_frame(s)
         await wait_until(lambda: a.metrics.get("refused_banned") + a.metrics.get("banned_connections_closed") >= 1,
-                         timeout=3)
+                         timeout=10)
         assert a.metrics.get("pex_requests_served") == served
         assert a.status()["bans"]["banned_peers"] == 1
 
@@ -102,6 +102,6 @@ async def test_wrong_network_pex():
         await raw.connect(info_from_p2p_addr(Multiaddr(addr_of(a))))
         s = await raw.new_stream(a.local_id, [PEX_PROTOCOL])
         await s.write(encode_frame(PexRequest("other-net", 10).encode()))
-        with trio.fail_after(3):
+        with trio.fail_after(10):
             resp = PexResponse.decode(await read_frame(s))
         assert resp.status == 1 and not resp.signed_records
