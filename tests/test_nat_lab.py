@@ -26,7 +26,12 @@ def _start(lab, host: str, tmp: Path, toml: str, *extra: str) -> tuple[subproces
     (data / "node.toml").write_text(toml)
     argv = [sys.executable, "-m", "prozchain_discovery", "node", "--config", str(data / "node.toml"),
             "--data-dir", str(data), "--status-interval", "0.3", "--log-level", "INFO", *extra]
-    proc = lab.spawn(host, argv, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Output to files, not pipes: nobody reads a pipe until _stop, and a node logging at INFO
+    # (a status line every 0.3 s) fills a 64 KiB pipe in a few minutes, then blocks on its next
+    # log line with its whole trio loop (a frozen node answered no PEX in a slow run).
+    with open(data / "stdout.txt", "w") as out, open(data / "stderr.txt", "w") as err:
+        proc = lab.spawn(host, argv, env=node_env(), stdout=out, stderr=err)
+    proc.stderr_path = data / "stderr.txt"  # type: ignore[attr-defined]  # for _stop
     return proc, data
 
 
@@ -47,13 +52,14 @@ def _wait(pred, timeout: float, what: str) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> str:
+    """SIGTERM (SIGKILL after 15 s); returns what the node wrote to stderr (its log)."""
     proc.send_signal(signal.SIGTERM)
     try:
-        _out, err = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _out, err = proc.communicate()
-    return err or ""
+        proc.wait()
+    return proc.stderr_path.read_text(errors="replace")  # type: ignore[attr-defined]
 
 
 def _miniupnpd_rules(lab) -> str:
