@@ -136,4 +136,5 @@ def make_host(
     libp2p_fixes.defer_identify(host)
     libp2p_fixes.tolerate_handler_removal(host)
     libp2p_fixes.pipeline_multistream(host)
+    libp2p_fixes.yamux_window_hysteresis(host)
     return host
