@@ -46,13 +46,14 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy prozchain_discovery interop/natlab interop/mesh.py interop/procs.py interop/forger.py interop/py_relay.py interop/relay_check.py
+	$(VENV)/bin/mypy prozchain_discovery interop/natlab interop/mesh.py interop/procs.py interop/forger.py interop/py_relay.py interop/relay_check.py interop/crowd.py
 
 # -n: tests run in 3 worker processes (most of a test's time is waiting on sockets and child
 # processes, so more workers than the 2 cores of a small machine still pays); --dist loadgroup
 # keeps the tests that share a machine-wide resource on one worker (tests/conftest.py).
 unit: setup
-	$(PY) -m pytest -q -n 3 --dist loadgroup
+	$(PY) -m pytest -q -n 3 --dist loadgroup -m "not exclusive"
+	$(PY) -m pytest -q -m exclusive
 
 test: setup lint typecheck unit
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.network]
+# It pins the crowd to core 0 and the pinger to core 1: other test workers must not share them.
+pytestmark = [pytest.mark.slow, pytest.mark.network, pytest.mark.exclusive]
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -473,12 +473,15 @@ async def test_stock_handler_table_lets_the_race_take_the_host_down(remove_handl
 
 async def test_a_handler_removed_during_negotiation_resets_the_stream(remove_handler_while_echoing):
     from libp2p.host.exceptions import StreamFailure
+    from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 
     async with _two_hosts() as (a, b):
         b.set_stream_handler("/x/1", _echo)
         remove_handler_while_echoing(b, a)
         await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
-        with trio.fail_after(5), pytest.raises(StreamFailure):
+        # The stream fails while opening, or its first read sees it reset (or, when the reset
+        # lands after yamux's close, end): never the echo, and the host stays up.
+        with trio.fail_after(5), pytest.raises((StreamFailure, StreamReset, StreamEOF)):
             stream = await a.new_stream(b.get_id(), ["/x/1"])
             await stream.read(1)  # if the echo won the race with the reset
         b.set_stream_handler("/y/1", _echo)  # b is still up and serving
