@@ -82,8 +82,14 @@ log = logging.getLogger("prozchain_discovery.nat.autonat")
 
 STREAM_TIMEOUT = 15.0  # one whole dial-request exchange (go-libp2p streamTimeout)
 DIAL_BACK_STREAM_TIMEOUT = 5.0  # the dial-back stream, and our wait for the nonce
-POLL = 5.0  # identify fills in protocol lists without an event: look for servers this often
-IDENTIFY_POLL = 0.25  # ... and this often while a connected peer's list is still unknown
+# Identify fills in protocol lists without an event: while a connected peer's list is still
+# unknown and we have addresses to ask about, look again this often ...
+IDENTIFY_POLL = 0.25
+# ... and otherwise this often, for a peer that starts serving dial-request later (identify
+# push). Everything else that changes what we ask wakes the loop (a peer connected, our
+# addresses, the NAT status, observed addresses) or is a policy deadline. Was 5 s: a settled
+# node woke twelve times a minute to find nothing new (issue #15).
+RESCAN = 60.0
 MAX_OBSERVED_IPS = 8  # IPs peers say they see us at, newest kept
 # An observed IP becomes a candidate once this many peers report it: one peer alone could make
 # us probe (and pay dial data for) any address it likes.
@@ -212,7 +218,7 @@ class AutonatService:
                 # An address gone, a verdict lapsed or forgotten changes what we know, too.
                 self._publish()
                 nxt = self.client_policy.next_deadline()
-                poll = IDENTIFY_POLL if self._identify_pending and self.client_policy.addrs else POLL
+                poll = IDENTIFY_POLL if self._identify_pending and self.client_policy.addrs else RESCAN
                 until = now + poll if nxt is None else min(nxt, now + poll)
                 await self._wake.wait_until(until)
 
