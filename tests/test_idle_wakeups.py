@@ -73,3 +73,14 @@ async def test_a_settled_node_wakes_its_timers_rarely(autojump_clock, tmp_path):
     steps = counter.steps
     assert steps["StatusWriter.run"] <= HOUR / SETTLED_WRITE_EVERY + 5, steps.most_common(8)  # was 721
     assert steps["AutonatService.run"] <= HOUR / 60.0 + 5, steps.most_common(8)  # was 720
+    assert steps["Cascade.run"] <= HOUR / 60.0 + 5, steps.most_common(8)  # was 720 (every 5 s)
+
+
+def test_full_outbound_slots_are_looked_at_once_a_minute_not_every_second():
+    import random
+
+    from prozchain_discovery.outbound.policy import SLOT_CHECK, SLOT_IDLE_CHECK, OutboundPolicy
+
+    p = OutboundPolicy(8, 120.0, random.Random(1), 0.0)
+    assert p.slots_to_fill(5, 0.0) == 3 and p.next_slot_check == SLOT_CHECK
+    assert p.slots_to_fill(8, 1.0) == 0 and p.next_slot_check == 1.0 + SLOT_IDLE_CHECK

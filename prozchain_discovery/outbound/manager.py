@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from ..config import PeerDbSettings
-from ..events import EventBus, PeersNeeded, Wakeup
+from ..events import EventBus, PeerDisconnected, PeersNeeded, Wakeup
 from ..metrics import Metrics
 from ..ports import Connections, Dialing, PeerBookView
 from .policy import OutboundPolicy
@@ -41,6 +41,8 @@ class OutboundManager:
         self.policy = OutboundPolicy(settings.target_outbound, settings.feeler_interval, rng, trio.current_time())
         self._wake = Wakeup()
         bus.subscribe(PeersNeeded, lambda _ev: self._wake.set())
+        bus.subscribe(PeerDisconnected, lambda _ev: self._wake.set())  # a slot may be free
+        self._anchors: list[Any] = []
 
     async def run(self) -> None:
         while True:
@@ -54,7 +56,10 @@ class OutboundManager:
                     await self.dialer.dial_many(picks)
             if self.policy.feeler_due(trio.current_time()):
                 await self._feeler()
-            self.book.db.set_anchors([cp.peer_id for cp in self.connections.peers() if cp.outbound and cp.peer_id in self.book.db])
+            anchors = [cp.peer_id for cp in self.connections.peers() if cp.outbound and cp.peer_id in self.book.db]
+            if anchors != self._anchors:
+                self._anchors = anchors
+                self.book.db.set_anchors(anchors)
 
     async def _feeler(self) -> None:
         """Bitcoin's feeler: test a NEW entry so the tried table fills with proven peers."""
