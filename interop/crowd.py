@@ -197,7 +197,8 @@ async def run_crowd(nodes: int, seconds: float, idle_cpu: float) -> int:
                "dials": dials,
                "dial_timeouts": sum(s.metrics.get("dial_timeouts") for s in services),
                "simultaneous_resolved": sum(s.metrics.get("simultaneous_connects_resolved") for s in services),
-               "window_min": min(s.dialer.window.size for s in services), **pauses.report(),
+               "window_min": min((w.size for s in services if (w := getattr(s.dialer, "window", None))),
+                                 default=None), **pauses.report(),
                **stalls.report()})
     return 0 if settled_at is not None else 1
 
