@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 
+import pytest
 import trio
 from multiaddr import Multiaddr
 
@@ -219,3 +220,38 @@ async def test_a_settled_node_sleeps(autojump_clock):
         _busiest, steps = counter.steps.most_common(1)[0]
         assert steps / window <= 1.5, (name, counter.steps.most_common(4))
         assert sum(counter.steps.values()) / window <= 4.0, (name, counter.steps.most_common(4))
+
+
+async def test_a_cut_dial_window_bounds_every_dial_of_the_node_and_stretches_backoff(autojump_clock):
+    """The window (dialer/congestion.py) is the one gate for all of a node's dials: cut to 2,
+    twenty targets run at most 2 at a time; a failure under that load backs off 8x longer."""
+    from prozchain_discovery.dialer.congestion import DialWindow
+
+    in_flight = peak = 0
+    unreachable = identity(399)[1]
+    host = FakeHost(reachable=lambda pid, now: pid != unreachable, dial_time=1.0)
+    plain_connect = host.connect
+
+    async def counting_connect(info):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await plain_connect(info)
+        finally:
+            in_flight -= 1
+
+    host.connect = counting_connect
+    c = cfg(min_peers=30, backoff=BackoffConfig(base=1.0, step=0.0, cap=100.0, jitter=0.0))
+    async with DiscoveryService(host, c).run() as svc:
+        window = svc.dialer.window = DialWindow(16, calm_lag=-1.0)  # never grows back here
+        for t in range(3):
+            window.on_timeout(float(t))  # 16 -> 8 -> 4 -> 2
+        assert window.size == 2 and window.load == 8.0
+        targets = [(identity(400 + i)[1], [Multiaddr(_addr(identity(400 + i)[1]))], PeerSource.PEX)
+                   for i in range(20)]
+        t0 = trio.current_time()
+        assert await svc.dialer.dial_many(targets) == 20
+        assert peak == 2 and trio.current_time() - t0 >= 10.0  # 20 dials of 1 s, 2 at a time
+        assert not await svc.dial(unreachable, [Multiaddr(_addr(unreachable))], PeerSource.PEX)
+        assert svc.dialer.retry_in(unreachable) == pytest.approx(8.0, abs=0.01)  # (base 1 + 0) x load 8
