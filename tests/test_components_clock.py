@@ -246,7 +246,7 @@ async def test_a_cut_dial_window_bounds_every_dial_of_the_node_and_stretches_bac
     async with DiscoveryService(host, c).run() as svc:
         window = svc.dialer.window = DialWindow(16, calm_lag=-1.0)  # never grows back here
         for t in range(3):
-            window.on_timeout(float(t))  # 16 -> 8 -> 4 -> 2
+            window.on_timeout(float(t), lag=0.2)  # a lagging loop: 16 -> 8 -> 4 -> 2
         assert window.size == 2 and window.load == 8.0
         targets = [(identity(400 + i)[1], [Multiaddr(_addr(identity(400 + i)[1]))], PeerSource.PEX)
                    for i in range(20)]

@@ -26,14 +26,24 @@ def test_a_backlog_halves_the_window_once_per_interval():
     assert w.size == 8
     w.on_lag(0.2, 10.6)
     assert w.size == 4
-    w.on_timeout(11.2)
+    w.on_timeout(11.2, lag=0.2)
     assert w.size == 2
+
+
+def test_a_timeout_with_the_loop_calm_is_a_dead_peer_not_congestion():
+    """Black-holed and stale addresses time out all the time on the internet: no cut."""
+    w = DialWindow(16)
+    for i in range(20):
+        w.on_timeout(float(i), lag=0.0001)
+    assert w.size == 16 and not w.congested
+    w.on_timeout(30.0, lag=0.03)  # the loop is not calm: the timeout may be the CPU's
+    assert w.size == 8
 
 
 def test_the_window_never_goes_below_its_floor_and_grows_back_additively():
     w = DialWindow(16)
     for i in range(20):
-        w.on_timeout(float(i))
+        w.on_timeout(float(i), lag=0.2)
     assert w.size == 1 and w.load == 16.0
     calm = 0
     while w.size < 16:
@@ -73,7 +83,7 @@ def test_invariants_hold_under_any_signals(ops):
         if kind == "lag":
             w.on_lag(lag, now)
         elif kind == "timeout":
-            w.on_timeout(now)
+            w.on_timeout(now, lag)
         elif kind == "start" and w.may_start():
             w.start()
         elif kind == "end":

@@ -75,9 +75,14 @@ class DialWindow:
         elif lag <= self.calm_lag:
             self.window = min(float(self.limit), self.window + 1.0 / self.window)
 
-    def on_timeout(self, now: float) -> None:
-        """A dial ran out of time: as a lost packet is to TCP, a congestion signal."""
-        self._cut(now)
+    def on_timeout(self, now: float, lag: float) -> None:
+        """A dial ran out of time. With the loop lagging (``lag``, measured as it timed out, or
+        the last measure) it is a congestion signal, as a lost packet is to TCP; with the loop
+        calm it is a dead or black-holed peer — common on the internet, and no reason to dial
+        less (cutting on those would serialise a join among stale addresses)."""
+        self.last_lag = max(lag, self.last_lag)
+        if self.last_lag > self.calm_lag:
+            self._cut(now)
 
     def _cut(self, now: float) -> None:
         if now - self._cut_at < self.cut_interval:

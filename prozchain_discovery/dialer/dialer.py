@@ -198,7 +198,7 @@ class Dialer:
         if error:
             loaded = self.window.congested
             if error == "timeout":
-                self.window.on_timeout(now)
+                self.window.on_timeout(now, await self._loop_lag())
                 self.metrics.inc("dial_timeouts")
             delay = self.backoff.record_failure(key, now, error, scale=self.window.load)
             # A timeout while the CPU is the bottleneck says nothing about the peer.
