@@ -8,7 +8,8 @@ process's CPU over that second (fraction of one core), the connection count, the
 median peers per node — then ``{"settled": ...}`` once the network has settled: the connection
 count within +-5 % for 10 s and the process CPU below ``--idle-cpu`` (fraction of a core) for
 the last 2 s. After that it prints ``{"targets": [...]}`` (five nodes' addresses) and keeps
-running, reporting whether it stays settled, until ``--seconds`` after the last node started.
+running, reporting whether it stays settled, until ``--seconds`` after the last node started
+(or, with ``--until-stdin-eof``, until its standard input is closed).
 
 ``python -m interop.crowd ping ADDR... --seconds 20`` connects to each address from its own
 host and pings each every 100 ms, then prints ``{"pings": n, "p50_ms", "p99_ms", "max_ms",
@@ -25,6 +26,7 @@ import os
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections import deque
 from contextlib import AsyncExitStack
@@ -131,8 +133,22 @@ class StallWatch(trio.abc.Instrument):
         return {"stalls": {k: [len(v), round(max(v) * 1000)] for k, v in top}}
 
 
-async def run_crowd(nodes: int, seconds: float, idle_cpu: float) -> int:
+def _stop_on_stdin_eof() -> threading.Event:
+    """Set once standard input is closed: the caller (a test) says it is done with the crowd."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        for _ in sys.stdin:
+            pass
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return stop
+
+
+async def run_crowd(nodes: int, seconds: float, idle_cpu: float, until_stdin_eof: bool = False) -> int:
     import multiaddr
+    stop = _stop_on_stdin_eof() if until_stdin_eof else threading.Event()
     pauses = GcPauses()
     stalls = StallWatch()
     trio.lowlevel.add_instrument(stalls)
@@ -166,7 +182,7 @@ async def run_crowd(nodes: int, seconds: float, idle_cpu: float) -> int:
         after: list[int] = []  # connection counts once settled
         last_cpu, last_t = _cpu(), started
         cpu_at_settle = 0.0
-        while trio.current_time() - started < seconds:
+        while trio.current_time() - started < seconds and not stop.is_set():
             await trio.sleep(1.0)
             now, cpu = trio.current_time(), _cpu()
             frac = (cpu - last_cpu) / max(1e-9, now - last_t)
@@ -256,12 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seconds", type=float, default=120.0, help="run this long after the last node started")
     r.add_argument("--idle-cpu", type=float, default=0.35,
                    help="settled only below this fraction of one core (default 0.35)")
+    r.add_argument("--until-stdin-eof", action="store_true",
+                   help="stop early once standard input is closed (for a caller that is done)")
     g = sub.add_parser("ping", help="ping crowd nodes from another process")
     g.add_argument("addrs", nargs="+")
     g.add_argument("--seconds", type=float, default=20.0)
     args = p.parse_args(argv)
     if args.cmd == "run":
-        return trio.run(run_crowd, args.nodes, args.seconds, args.idle_cpu)
+        return trio.run(run_crowd, args.nodes, args.seconds, args.idle_cpu, args.until_stdin_eof)
     return trio.run(run_pinger, args.addrs, args.seconds)
 
 

@@ -34,8 +34,9 @@ def _pinned(cpu: int) -> list[str]:
 
 def test_a_hundred_default_nodes_on_one_core_settle_and_answer_pings():
     crowd = subprocess.Popen(
-        [*_pinned(0), sys.executable, "-m", "interop.crowd", "run", "--nodes", "100", "--seconds", "60"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [*_pinned(0), sys.executable, "-m", "interop.crowd", "run", "--nodes", "100", "--seconds", "240",
+         "--until-stdin-eof"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     lines: list[dict] = []
     targets = threading.Event()
@@ -53,11 +54,13 @@ def test_a_hundred_default_nodes_on_one_core_settle_and_answer_pings():
         assert targets.wait(300), f"the crowd never settled: {lines[-5:]}"
         addrs = next(x["targets"] for x in lines if "targets" in x)
         ping = subprocess.run(
-            [*_pinned(1), sys.executable, "-m", "interop.crowd", "ping", *addrs, "--seconds", "15"],
+            [*_pinned(1), sys.executable, "-m", "interop.crowd", "ping", *addrs, "--seconds", "8"],
             cwd=REPO, capture_output=True, text=True, timeout=120,
         )
         pings = json.loads(ping.stdout.strip().splitlines()[-1])
-        crowd.wait(timeout=300)
+        assert crowd.stdin is not None
+        crowd.stdin.close()  # done: the crowd reports and stops
+        crowd.wait(timeout=60)
         reader.join(10)
     finally:
         crowd.kill()
@@ -70,6 +73,6 @@ def test_a_hundred_default_nodes_on_one_core_settle_and_answer_pings():
     assert hi <= lo * 1.05, done
     # Every ping answered, nearly all within 100 ms; the tail is the collector's full pass
     # over a hundred nodes' heap (gc_longest_ms), which a one-node process does not have.
-    assert pings["failed"] == 0 and pings["pings"] > 100, pings
+    assert pings["failed"] == 0 and pings["pings"] > 50, pings
     assert pings["within_100ms"] >= 0.95, pings
     assert pings["p50_ms"] <= 100, pings
