@@ -30,6 +30,7 @@ from .events import (
 )
 from .expiring import ExpiringMap
 from .metrics import Metrics
+from .net.sockets import initiated_locally, is_open_conn
 from .peerdb import PeerSource
 from .ports import ConnectedPeer
 
@@ -142,7 +143,7 @@ class ConnectionTracker:
 
     def on_connected(self, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
-        outbound = _is_outbound(conn)
+        outbound = initiated_locally(conn)
         source = self._intents.get(peer_id) or (PeerSource.PEX if outbound else PeerSource.INBOUND)
         if peer_id in self.static_ids:
             source = PeerSource.STATIC
@@ -245,14 +246,7 @@ def _other_open_connections(host: IHost, peer_id: ID, closing: INetConn) -> list
     for other in host.get_network().get_connections(peer_id):
         if other is closing or other.muxed_conn is closing.muxed_conn:
             continue
-        if getattr(other, "is_closed", False) or getattr(other.muxed_conn, "is_closed", False):
+        if not is_open_conn(other):
             continue
         out.append(other)
     return out
-
-
-def _is_outbound(conn: INetConn) -> bool:
-    direction = getattr(conn, "direction", None)
-    if direction is not None and getattr(direction, "name", "") in ("OUTBOUND", "INBOUND"):
-        return bool(direction.name == "OUTBOUND")
-    return bool(getattr(conn.muxed_conn, "is_initiator", False))

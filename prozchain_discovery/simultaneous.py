@@ -21,21 +21,13 @@ from libp2p.peer.id import ID
 
 from .events import DuplicateConnection, EventBus, Wakeup
 from .metrics import Metrics
+from .net.sockets import initiated_locally, is_open_conn, is_relayed_conn
 
-__all__ = ["SimultaneousConnect", "keeper", "initiated_locally"]
+__all__ = ["SimultaneousConnect", "keeper"]
 
 log = logging.getLogger("prozchain_discovery.connections")
 
-_RELAYED = "/p2p-circuit"
 MAX_PENDING = 1024
-
-
-def initiated_locally(conn: Any) -> bool:
-    direction = getattr(conn, "direction", None)
-    name = getattr(direction, "name", "")
-    if name in ("OUTBOUND", "INBOUND"):
-        return bool(name == "OUTBOUND")
-    return bool(getattr(getattr(conn, "muxed_conn", None), "is_initiator", False))
 
 
 def keeper(local_id: ID, peer_id: ID, conns: Sequence[Any]) -> Any:
@@ -44,16 +36,6 @@ def keeper(local_id: ID, peer_id: ID, conns: Sequence[Any]) -> Any:
     we_initiate = local_id.to_bytes() < peer_id.to_bytes()
     preferred = [c for c in conns if initiated_locally(c) == we_initiate] or list(conns)
     return min(preferred, key=lambda c: getattr(c, "_created_at", 0.0))
-
-
-def _direct(conn: Any) -> bool:
-    if getattr(conn, "is_closed", False) or getattr(getattr(conn, "muxed_conn", None), "is_closed", False):
-        return False
-    try:
-        addrs = conn.get_transport_addresses()
-    except Exception:
-        return False
-    return not any(_RELAYED in str(a) for a in addrs)
 
 
 class SimultaneousConnect:
@@ -80,7 +62,7 @@ class SimultaneousConnect:
 
     async def resolve(self, peer_id: ID) -> int:
         """Close ``peer_id``'s direct connections but the keeper; returns how many closed."""
-        conns = [c for c in self.host.get_network().get_connections(peer_id) if _direct(c)]
+        conns = [c for c in self.host.get_network().get_connections(peer_id) if is_open_conn(c) and not is_relayed_conn(c)]
         if len(conns) < 2:
             return 0
         keep = keeper(self.local_id, peer_id, conns)
@@ -101,6 +83,3 @@ class SimultaneousConnect:
                 except Exception as exc:
                     log.debug("closing a duplicate connection to %s: %s", peer_id, exc)
         return closed
-
-    def status(self) -> dict[str, Any]:
-        return {}

@@ -1,12 +1,13 @@
-"""The dial congestion window (dialer/congestion.py): AIMD on loop lag and timeouts, plain floats."""
+"""The dial congestion window (dialer/congestion.py): AIMD on loop lag and timeouts, plain floats.
+
+Its invariants under random signals are checked with every other sans-IO core's, in
+tests/test_deadlines_props.py."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from prozchain_discovery.dialer.congestion import CALM_LAG, CONGESTED_LAG, DialWindow
 
@@ -71,25 +72,6 @@ def test_limits_are_checked():
         DialWindow(0)
     with pytest.raises(ValueError):
         DialWindow(4, floor=5)
-
-
-@given(st.lists(st.tuples(st.sampled_from(["lag", "timeout", "start", "end"]),
-                          st.floats(0, 1), st.floats(0, 2)), max_size=200))
-def test_invariants_hold_under_any_signals(ops):
-    w = DialWindow(16)
-    now = 0.0
-    for kind, lag, dt in ops:
-        now += dt
-        if kind == "lag":
-            w.on_lag(lag, now)
-        elif kind == "timeout":
-            w.on_timeout(now, lag)
-        elif kind == "start" and w.may_start():
-            w.start()
-        elif kind == "end":
-            w.end()
-        w.check()
-        assert w.in_flight <= 16
 
 
 def test_many_nodes_cut_together_when_they_share_a_loop():

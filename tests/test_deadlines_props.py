@@ -28,6 +28,7 @@ from prozchain_discovery.backoff import DialBackoff
 from prozchain_discovery.bans import BanList
 from prozchain_discovery.bootstrap.schedule import CascadeSchedule
 from prozchain_discovery.config import BackoffConfig, PexConfig
+from prozchain_discovery.dialer.congestion import DialWindow
 from prozchain_discovery.dialer.race import DialRace
 from prozchain_discovery.expiring import ExpiringMap
 from prozchain_discovery.nat.classify import NatClassifier
@@ -154,6 +155,29 @@ def test_dial_race_wakes_only_when_a_dial_turns_late(t0, limit, until, delay, op
             race.end(next(iter(race.in_flight)))
         assert later(race.next_deadline(now), now)
         assert len(race.in_flight) <= limit
+
+
+# ---- dialer/congestion.py (no timer: the dialer measures loop lag around each dial) ----------
+
+
+@FAST
+@given(start, st.lists(st.tuples(st.sampled_from(["lag", "timeout", "start", "end"]),
+                                 st.floats(0, 1), step), max_size=200))
+def test_dial_window_stays_within_floor_and_limit_under_any_signals(t0, ops):
+    w = DialWindow(16)
+    now = t0
+    for kind, lag, dt in ops:
+        now += dt
+        if kind == "lag":
+            w.on_lag(lag, now)
+        elif kind == "timeout":
+            w.on_timeout(now, lag)
+        elif kind == "start" and w.may_start():
+            w.start()
+        elif kind == "end":
+            w.end()
+        w.check()
+        assert w.in_flight <= 16
 
 
 # ---- bootstrap/schedule.py, outbound/policy.py ------------------------------------------------

@@ -13,8 +13,8 @@ import trio
 from prozchain_discovery.config import BackoffConfig
 from prozchain_discovery.host import make_host
 from prozchain_discovery.libp2p_fixes import run_host
+from prozchain_discovery.net.sockets import initiated_locally
 from prozchain_discovery.peerdb import PeerSource
-from prozchain_discovery.simultaneous import initiated_locally
 from tests.conftest import identity
 from tests.netutil import Net, addr_of, cfg, wait_until
 

@@ -16,14 +16,11 @@ from prozchain_discovery.nat.status import Reachability
 from prozchain_discovery.service import DiscoveryService
 from tests.fakehost import FakeHost
 from tests.netutil import cfg
+from tests.test_nat_service import _Verdict as _UnmappedVerdict
 
 
 @dataclass
-class _Verdict:
-    nat_type: str
-    mapping: str = "endpoint_independent"
-    filtering: str = "address_and_port_dependent"
-    note: str = ""
+class _Verdict(_UnmappedVerdict):
     mapped_addr: tuple[str, int] = ("198.51.100.9", 4001)
 
 

@@ -17,7 +17,10 @@ import multiaddr
 
 from ..addrs import network_group
 
-__all__ = ["local_socket_addr", "socket_addrs", "is_relayed_conn", "DirectSocket", "direct_socket"]
+__all__ = [
+    "local_socket_addr", "socket_addrs", "is_relayed_conn", "is_open_conn", "initiated_locally",
+    "DirectSocket", "direct_socket",
+]
 
 _CHAIN = ("muxed_conn", "secured_conn", "conn", "raw_conn", "stream", "socket", "_socket", "read_writer")
 
@@ -35,6 +38,20 @@ def _layers(obj: Any, depth: int = 8) -> Any:
             yield o
             nxt.extend(getattr(o, name, None) for name in _CHAIN)
         frontier = nxt
+
+
+def initiated_locally(conn: Any) -> bool:
+    """Whether we dialed ``conn`` (a swarm connection): its direction, else its muxer's role."""
+    direction = getattr(conn, "direction", None)
+    name = getattr(direction, "name", "")
+    if name in ("OUTBOUND", "INBOUND"):
+        return bool(name == "OUTBOUND")
+    return bool(getattr(getattr(conn, "muxed_conn", None), "is_initiator", False))
+
+
+def is_open_conn(conn: Any) -> bool:
+    """Neither ``conn`` nor its muxer is closed (py-libp2p lists a closing one for a while)."""
+    return not (getattr(conn, "is_closed", False) or getattr(getattr(conn, "muxed_conn", None), "is_closed", False))
 
 
 def is_relayed_conn(conn: Any) -> bool:
