@@ -3,6 +3,8 @@
 ``make_host`` gives: Noise as the only security transport (no plaintext, no secio), Yamux,
 one connection per peer (dials in ~5 ms instead of 250), py-libp2p's AutoConnector disabled
 (our outbound policy decides whom to dial), and no ``0.0.0.0`` in advertised addresses.
+A ``/udp/<port>/quic-v1`` listen address adds py-libp2p's QUIC transport (TLS 1.3 and QUIC's own
+streams instead of Noise and Yamux); its dials leave from the QUIC listen socket (quic_reuse.py).
 """
 
 from __future__ import annotations
@@ -137,4 +139,5 @@ def make_host(
     libp2p_fixes.tolerate_handler_removal(host)
     libp2p_fixes.pipeline_multistream(host)
     libp2p_fixes.yamux_window_hysteresis(host)
+    libp2p_fixes.quic_dial_from_listen_socket(host)
     return host

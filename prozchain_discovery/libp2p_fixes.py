@@ -46,6 +46,10 @@ stock configuration and its absence with ours.
   record from ``host.get_addrs()`` whenever their address sets differ, so identify never sent
   the record the local-addresses component signed (port mappings, ``/p2p-circuit`` addresses
   through our relays, only public addresses when we have some). :func:`pin_local_record`.
+* QUIC dials from an ephemeral port (found here): ``QUICTransport.dial`` binds a new UDP socket
+  per connection, so behind a NAT a dial's packets leave from a port nobody was told about and a
+  QUIC hole punch cannot work. :func:`quic_dial_from_listen_socket` (module quic_reuse.py) sends
+  QUIC dials from the listen socket, as quic-go does.
 
 Every patch checks that what it replaces exists and fails loudly (:class:`Libp2pPatchError`) at
 ``make_host`` if a py-libp2p upgrade moved it, instead of silently patching nothing.
@@ -78,6 +82,7 @@ __all__ = [
     "expand_wildcard_addrs",
     "local_interface_ips",
     "tolerate_handler_removal",
+    "quic_dial_from_listen_socket",
     "pipeline_multistream",
     "run_host",
     "close_listeners",
@@ -544,6 +549,13 @@ async def run_host(host: Any, listen_addrs: Sequence[multiaddr.Multiaddr]) -> As
         finally:
             with trio.CancelScope(shield=True):
                 await close_listeners(host)
+
+
+def quic_dial_from_listen_socket(host: Any) -> bool:
+    """QUIC dials leave from the QUIC listen socket (quic_reuse.py); False for a TCP-only host."""
+    from . import quic_reuse
+
+    return quic_reuse.install(host)
 
 
 def pin_local_record(host: Any, envelope: Any) -> None:

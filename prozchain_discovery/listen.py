@@ -3,11 +3,11 @@
 py-libp2p 0.8.1 skips an address it cannot listen on (no transport for it, a bind error) with a
 debug log line and starts anyway, so a node given only bad addresses runs with none. Before the
 host starts, :func:`check_listen_addrs` refuses what py-libp2p would skip: anything but
-``/ip4|ip6/<address>/tcp/<port>`` (the one transport :func:`~prozchain_discovery.host.make_host`
-sets up), and an address a plain socket cannot bind, with the errno text and a hint
-(``[Errno 98] Address already in use``). The plain socket has no ``SO_REUSEPORT``, so it also
-finds a port held by another py-libp2p node, which py-libp2p's own listener (``SO_REUSEPORT``)
-would silently share. After the start, :func:`not_listening` compares the host's listeners with
+``/ip4|ip6/<address>/tcp/<port>`` and ``/ip4|ip6/<address>/udp/<port>/quic-v1`` (the two
+transports :func:`~prozchain_discovery.host.make_host` sets up), and an address a plain socket
+(TCP or UDP) cannot bind, with the errno text and a hint (``[Errno 98] Address already in
+use``). The plain socket has no ``SO_REUSEPORT``, so it also finds a port held by another
+py-libp2p node, which py-libp2p's own listener (``SO_REUSEPORT``) would silently share. After the start, :func:`not_listening` compares the host's listeners with
 what was asked (a port taken in between).
 """
 
@@ -23,7 +23,7 @@ import multiaddr
 
 __all__ = ["SUPPORTED", "listen_problem", "check_listen_addrs", "not_listening"]
 
-SUPPORTED = "/ip4/<address>/tcp/<port> or /ip6/<address>/tcp/<port>"
+SUPPORTED = "/ip4|ip6/<address>/tcp/<port> or /ip4|ip6/<address>/udp/<port>/quic-v1"
 
 _HINTS = {
     errno.EADDRINUSE: "another program or node is listening on port {port}",
@@ -33,29 +33,40 @@ _HINTS = {
 }
 
 
-def _target(text: str) -> tuple[str, int] | str:
-    """``(ip, port)`` of a supported listen address, or why it is not supported."""
+def _target(text: str) -> tuple[str, int, int] | str:
+    """``(ip, port, socket type)`` of a supported listen address, or why it is not supported."""
     try:
         ma = multiaddr.Multiaddr(text)
         parts = [(proto.name, value) for proto, value in ma.items()]
     except Exception as exc:  # multiaddr raises a zoo of exception types
         return f"not a valid multiaddr ({exc})"
-    if len(parts) != 2 or parts[0][0] not in ("ip4", "ip6") or parts[1][0] != "tcp":
+    names = [name for name, _ in parts]
+    if len(names) < 2 or names[0] not in ("ip4", "ip6"):
+        return f"not a transport this node has (it listens on {SUPPORTED})"
+    if names[1:] == ["tcp"]:
+        kind = socket.SOCK_STREAM
+    elif names[1:] == ["udp", "quic-v1"]:
+        kind = socket.SOCK_DGRAM
+    elif names[1:] == ["udp", "quic"]:
+        return f"QUIC draft-29 (/quic) is not supported: use /quic-v1 (it listens on {SUPPORTED})"
+    else:
         return f"not a transport this node has (it listens on {SUPPORTED})"
     try:
         ip = ipaddress.ip_address(parts[0][1])
         port = int(parts[1][1])
     except ValueError as exc:
         return f"not a valid address ({exc})"
-    return str(ip), port
+    return str(ip), port, kind
 
 
-def _bind_problem(ip: str, port: int) -> str | None:
-    """Bind a plain socket (``SO_REUSEADDR`` as a listener has; no ``SO_REUSEPORT``) and close it."""
+def _bind_problem(ip: str, port: int, kind: int = socket.SOCK_STREAM) -> str | None:
+    """Bind a plain socket (``SO_REUSEADDR`` as a listener has; no ``SO_REUSEPORT``) and close it.
+
+    ``kind`` is ``SOCK_STREAM`` for TCP, ``SOCK_DGRAM`` for QUIC's UDP socket."""
     version = ipaddress.ip_address(ip).version
     family = socket.AF_INET6 if version == 6 else socket.AF_INET
     try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, kind)
     except OSError as exc:
         return _describe(exc, ip, port, version)
     with sock:

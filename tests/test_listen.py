@@ -11,7 +11,7 @@ from prozchain_discovery.cli import main
 from prozchain_discovery.listen import check_listen_addrs, listen_problem, not_listening
 
 
-@pytest.mark.parametrize("addr", ["/ip4/127.0.0.1/tcp/0", "/ip4/0.0.0.0/tcp/0"])
+@pytest.mark.parametrize("addr", ["/ip4/127.0.0.1/tcp/0", "/ip4/0.0.0.0/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"])
 def test_usable(addr):
     assert listen_problem(addr) is None
 
@@ -29,7 +29,8 @@ def test_ipv6_loopback_usable_when_the_machine_has_it():
     "addr, words",
     [
         ("/ip4/127.0.0.1/udp/4001", "not a transport"),
-        ("/ip4/127.0.0.1/udp/4001/quic-v1", "not a transport"),
+        ("/ip4/127.0.0.1/udp/4001/quic", "draft-29"),
+        ("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport", "not a transport"),
         ("/ip4/127.0.0.1/tcp/4001/ws", "not a transport"),
         ("/dns4/localhost/tcp/4001", "not a transport"),
         ("/ip4/127.0.0.1", "not a transport"),

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--config", metavar="FILE", help="TOML config (see README for the fields)")
     node.add_argument("--listen", metavar="MA", action="append",
-                      help="listen multiaddr (repeatable; default /ip4/0.0.0.0/tcp/4001)")
+                      help="listen multiaddr, /ip4/A/tcp/P or /ip4/A/udp/P/quic-v1 (repeatable; default /ip4/0.0.0.0/tcp/4001)")
     node.add_argument("--bootstrap", metavar="MA", action="append", default=[],
                       help="bootstrap node, a full multiaddr with /p2p/<id> (repeatable)")
     node.add_argument("--static", metavar="MA", action="append", default=[],

@@ -49,8 +49,13 @@ def is_relayed_stream(stream: INetStream) -> bool:
     return is_relayed_conn(getattr(stream, "muxed_conn", None))
 
 
+def _is_quic(muxed: object) -> bool:
+    return any(cls.__name__ == "QUICConnection" for cls in type(muxed).__mro__)
+
+
 def observed_multiaddr(stream: INetStream) -> multiaddr.Multiaddr | None:
-    """The remote end of ``stream`` as this side sees it (TCP only), e.g. ``/ip4/1.2.3.4/tcp/5``.
+    """The remote end of ``stream`` as this side sees it, e.g. ``/ip4/1.2.3.4/tcp/5``, or
+    ``/ip4/1.2.3.4/udp/5/quic-v1`` over QUIC.
 
     None over a relayed connection: its socket is the relay's, not the remote peer's.
     """
@@ -64,8 +69,12 @@ def observed_multiaddr(stream: INetStream) -> multiaddr.Multiaddr | None:
         return None
     ip, port = remote[0], remote[1]
     proto = "ip6" if ":" in str(ip) else "ip4"
+    # A QUIC stream's remote end is a UDP port; py-libp2p names it /udp/P/quic (draft-29), but
+    # the QUIC we speak and advertise is quic-v1 (the only version our listeners offer).
+    muxed = getattr(stream, "muxed_conn", None)
+    tail = "udp/{}/quic-v1" if getattr(muxed, "provides_native_muxing", False) or _is_quic(muxed) else "tcp/{}"
     try:
-        return multiaddr.Multiaddr(f"/{proto}/{ip}/tcp/{port}")
+        return multiaddr.Multiaddr(f"/{proto}/{ip}/" + tail.format(port))
     except Exception:
         return None
 
