@@ -151,7 +151,9 @@ class ConnectionTracker:
         cp = self.connected.get(peer_id)
         if cp is not None and _RELAYED in cp.addr and addr and _RELAYED not in addr:
             cp.addr = addr  # a direct connection beside a relayed one (hole punching): show it
-        elif cp is not None and addr and _RELAYED not in addr:
+        elif cp is not None and addr and (_RELAYED not in addr or _RELAYED in cp.addr):
+            # a second direct connection, or a second relayed one (both dialed through a relay
+            # at once): one of the two must go, the same one on both sides
             self.bus.publish(DuplicateConnection(peer_id))
         self._track(peer_id, source, outbound, addr)
 

@@ -72,8 +72,9 @@ class PeerDisconnected:
 
 @dataclass(frozen=True, slots=True)
 class DuplicateConnection:
-    """A second direct connection to an already connected ``peer_id`` opened (both sides dialed
-    at once): one of the two must go, the same one on both sides."""
+    """A second connection of the same kind (direct, or relayed) to an already connected
+    ``peer_id`` opened (both sides dialed at once): one of the two must go, the same one on both
+    sides."""
 
     peer_id: ID
 

@@ -6,7 +6,14 @@ choice each side makes on its own (fewest streams, oldest), so each may close a 
 and the pair ends with none. libp2p's rule for this is one both sides compute alike: here, the
 connection **initiated by the peer with the smaller peer id** (raw bytes) stays; every other
 direct connection to that peer is closed, by whichever side sees it first (closing it closes it
-for both). A relayed connection beside a direct one is the hole puncher's business, not ours.
+for both).
+
+The same rule holds for relayed connections while the pair has no direct one: two peers that
+learn each other's circuit address at once both dial through the relay, and with two circuits
+each side has accepted one — each would drive DCUtR (holepunch/schedule.py ``drives``), and the
+two sessions collide. Keeping the circuit the smaller id initiated leaves exactly one side (the
+larger id, which accepted it) the driver. A relayed connection beside a direct one is the hole
+puncher's business (it closes the relay leg after a punch), not ours.
 """
 
 from __future__ import annotations
@@ -61,8 +68,10 @@ class SimultaneousConnect:
                 await self.resolve(self._pending.pop())
 
     async def resolve(self, peer_id: ID) -> int:
-        """Close ``peer_id``'s direct connections but the keeper; returns how many closed."""
-        conns = [c for c in self.host.get_network().get_connections(peer_id) if is_open_conn(c) and not is_relayed_conn(c)]
+        """Close ``peer_id``'s direct connections but the keeper (or, with no direct one, its
+        relayed connections but the keeper); returns how many closed."""
+        open_conns = [c for c in self.host.get_network().get_connections(peer_id) if is_open_conn(c)]
+        conns = [c for c in open_conns if not is_relayed_conn(c)] or open_conns
         if len(conns) < 2:
             return 0
         keep = keeper(self.local_id, peer_id, conns)
@@ -72,8 +81,9 @@ class SimultaneousConnect:
                 continue
             closed += 1
             self.metrics.inc("simultaneous_connects_resolved")
-            log.debug("simultaneous connect with %s: closing the %s connection, keeping the %s one",
+            log.debug("simultaneous connect with %s: closing the %s%s connection, keeping the %s one",
                       peer_id, "outbound" if initiated_locally(conn) else "inbound",
+                      " relayed" if is_relayed_conn(conn) else "",
                       "outbound" if initiated_locally(keep) else "inbound")
             with trio.move_on_after(2):
                 try:

@@ -27,6 +27,7 @@ from prozchain_discovery.holepunch.schedule import HolepunchNotSupported, Holepu
 from prozchain_discovery.holepunch.service import PROTOCOL_ID, HolepunchResult, HolepunchService
 from prozchain_discovery.metrics import Metrics
 from prozchain_discovery.nat.status import NatStatus
+from prozchain_discovery.simultaneous import SimultaneousConnect
 from prozchain_discovery.wire.framing import encode_uvarint
 from tests.netutil import LOOP, Net, cfg, wait_until
 
@@ -40,13 +41,14 @@ class Peer:
     bus: EventBus
     proto: CircuitV2Protocol
     relay_addr: multiaddr.Multiaddr | None = None  # set on B: the relay it dials A through
+    simultaneous: SimultaneousConnect | None = None
 
     @property
     def id(self) -> ID:
         return self.host.get_id()
 
 
-async def _peer(net: Net, stack: AsyncExitStack, nat: str = "unknown") -> Peer:
+async def _peer(net: Net, stack: AsyncExitStack, nat: str = "port_restricted") -> Peer:
     host = await net.host()
     bus, metrics = EventBus(), Metrics()
     tracker = ConnectionTracker(host, bus, metrics, min_peers=1, static_ids=set())
@@ -57,12 +59,18 @@ async def _peer(net: Net, stack: AsyncExitStack, nat: str = "unknown") -> Peer:
     bus.publish(NatStatusChanged(NatStatus(nat_type=nat)))
     proto = CircuitV2Protocol(host)
     await stack.enter_async_context(background_trio_service(proto))
-    return Peer(host, hp, bus, proto)
+    peer = Peer(host, hp, bus, proto)
+    peer.simultaneous = SimultaneousConnect(host, bus=bus, metrics=metrics)
+    return peer
 
 
 @asynccontextmanager
-async def relayed_pair(a_nat: str = "unknown", b_nat: str = "unknown") -> AsyncIterator[tuple[Peer, Peer]]:
-    """R relays; A reserves on R; B dials A through R (so A accepted the relayed connection)."""
+async def relayed_pair(a_nat: str = "port_restricted", b_nat: str = "port_restricted", *,
+                       both_dial: bool = False) -> AsyncIterator[tuple[Peer, Peer]]:
+    """R relays; A reserves on R; B dials A through R (so A accepted the relayed connection).
+
+    ``both_dial``: B reserves too, and A and B dial each other through R at the same moment (the
+    crowd's case: each learned the other's circuit address at once)."""
     async with AsyncExitStack() as stack:
         net = Net(stack)
         relay = await net.host()
@@ -83,7 +91,20 @@ async def relayed_pair(a_nat: str = "unknown", b_nat: str = "unknown") -> AsyncI
                 await s.close()
             await b.host.connect(info_from_p2p_addr(r_addr))
             b.relay_addr = r_addr
-            await dial_through_relay(b, a)
+            if both_dial:
+                a.relay_addr = r_addr
+                s = await b.host.new_stream(relay.get_id(), [HOP])
+                assert await CircuitV2Transport(b.host, b.proto, RelayConfig()).reserve(s, relay.get_id(), nursery)
+                with contextlib.suppress(Exception):
+                    await s.close()
+                for p in (a, b):
+                    assert p.simultaneous is not None
+                    nursery.start_soon(p.simultaneous.run)
+                async with trio.open_nursery() as dials:
+                    dials.start_soon(dial_through_relay, b, a)
+                    dials.start_soon(dial_through_relay, a, b)
+            else:
+                await dial_through_relay(b, a)
             try:
                 yield a, b
             finally:
@@ -91,6 +112,7 @@ async def relayed_pair(a_nat: str = "unknown", b_nat: str = "unknown") -> AsyncI
 
 
 async def dial_through_relay(b: Peer, a: Peer) -> None:
+    """B dials A through the relay B knows (``b.relay_addr``)."""
     dialer = CircuitV2Transport(b.host, b.proto, RelayConfig(roles=RelayRole.STOP))
     await dialer.dial(multiaddr.Multiaddr(f"{b.relay_addr}/p2p-circuit/p2p/{a.id}"))
 
@@ -172,3 +194,37 @@ async def test_after_the_direct_connection_closes_a_new_relayed_one_is_punched_a
         res = a.hp.result(b.id)
         assert isinstance(res, HolepunchResult) and res.outcome == "direct"
         assert b.hp.metrics.get("holepunch_attempts") == 0
+
+
+async def test_peers_that_dial_each_other_through_the_relay_at_once_keep_one_circuit_and_one_session():
+    """The crowd's first failure mode (#16): A and B dial each other through the relay at the
+    same moment. Before: two relayed connections between the pair, both sides accepted one and
+    both drove DCUtR, and the overlapping sessions refused each other's CONNECTs until every
+    attempt was used. Now both keep the circuit the smaller peer id initiated, and exactly one
+    session runs: it goes direct on its first attempt."""
+    async with relayed_pair(both_dial=True) as (a, b):
+        await wait_until(lambda: a.hp.has_direct_connection(b.id) and b.hp.has_direct_connection(a.id), 20)
+        await wait_until(lambda: isinstance(a.hp.result(b.id), HolepunchResult)
+                         or isinstance(b.hp.result(a.id), HolepunchResult), 10)
+        sessions = [p.hp.result(q.id) for p, q in ((a, b), (b, a))]
+        ran = [r for r in sessions if isinstance(r, HolepunchResult)]
+        assert len(ran) == 1, sessions
+        assert ran[0].outcome == "direct" and ran[0].attempts == 1
+        attempts = a.hp.metrics.get("holepunch_attempts") + b.hp.metrics.get("holepunch_attempts")
+        assert attempts == 1
+        assert a.hp.metrics.get("holepunch_failures") == b.hp.metrics.get("holepunch_failures") == 0
+        await wait_until(lambda: not a.hp._relayed_conns(b.id) and not b.hp._relayed_conns(a.id), 10)
+        assert a.hp.has_direct_connection(b.id)
+
+
+async def test_a_driver_that_has_not_classified_its_nat_waits_for_the_verdict_first():
+    """#16 item 5: the side that accepted the relayed connection does not punch while its own
+    NAT class is unknown (it may be symmetric, and the attempts wasted); it waits for the
+    verdict, then punches once it knows."""
+    async with relayed_pair("unknown", "port_restricted") as (a, b):
+        await trio.sleep(0.5)
+        assert a.hp.metrics.get("holepunch_attempts") == 0 and not a.hp.has_direct_connection(b.id)
+        a.bus.publish(NatStatusChanged(NatStatus(nat_type="port_restricted")))
+        await wait_until(lambda: isinstance(a.hp.result(b.id), HolepunchResult), 20)
+        res = a.hp.result(b.id)
+        assert isinstance(res, HolepunchResult) and res.outcome == "direct" and res.attempts == 1

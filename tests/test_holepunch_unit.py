@@ -25,6 +25,8 @@ from prozchain_discovery.holepunch.schedule import (
     Verdict,
     drives,
     plan_pair,
+    refuses_peer_session,
+    yields_to_peer,
 )
 from prozchain_discovery.wire.framing import FrameDecoder, encode_uvarint
 from prozchain_discovery.wire.pb import dcutr_pb2
@@ -71,7 +73,7 @@ def test_attempt_rtt_sync_delay_and_success():
 
 
 def test_three_attempts_each_rerunning_connect_then_give_up():
-    s = AttemptSchedule("unknown")
+    s = AttemptSchedule("port_restricted")
     step, t, kinds = s.start(0.0), 0.0, []
     while step.kind not in (StepKind.DONE, StepKind.GIVE_UP):
         kinds.append(step.kind)
@@ -89,13 +91,59 @@ def test_three_attempts_each_rerunning_connect_then_give_up():
 
 
 def test_sync_delay_is_capped_and_a_lost_connect_costs_an_attempt():
-    s = AttemptSchedule("unknown", HolepunchParams(max_sync_delay=2.0))
+    s = AttemptSchedule("port_restricted", HolepunchParams(max_sync_delay=2.0))
     s.start(0.0)
     s.connect_sent(0.0)
     assert s.connect_answered(10.0, None).delay == 2.0
     assert s.attempt_failed(15.0).kind is StepKind.SEND_CONNECT  # attempt 2
     assert s.attempt_failed(25.0).kind is StepKind.SEND_CONNECT  # CONNECT timed out: attempt 3
     assert s.attempt_failed(35.0).kind is StepKind.GIVE_UP and s.attempts == 3
+
+
+@pytest.mark.parametrize("ours,theirs", [("unknown", "port_restricted"), ("port_restricted", "unknown"),
+                                         ("unknown", "unknown")])
+def test_an_unknown_class_gets_one_attempt_then_the_session_is_undecided(ours, theirs):
+    """#16 item 5: a side that has not classified its NAT (it may be symmetric) costs one
+    attempt, not three; the session ends undecided, with no backoff, to be re-run later."""
+    s = AttemptSchedule(ours)
+    s.start(0.0)
+    s.connect_sent(0.0)
+    assert s.connect_answered(0.1, theirs).kind is StepKind.SEND_SYNC_AND_DIAL
+    assert s.attempt_failed(5.2).kind is StepKind.GIVE_UP
+    assert s.outcome == "undecided" and s.attempts == 1
+    book: PunchBook[str] = PunchBook()
+    assert book.begin("p", 0.0)
+    book.end("p", 5.2, s.outcome)
+    assert book.verdict("p", 5.2) is Verdict.START and book.undecided_sessions("p") == 1
+    # once unknown has had its chances, it is taken as "just try" (go/js peers never say)
+    t = AttemptSchedule(ours, one_attempt_if_unknown=False)
+    t.start(0.0)
+    t.connect_sent(0.0)
+    t.connect_answered(0.1, theirs)
+    assert t.attempt_failed(5.2).kind is StepKind.SEND_CONNECT
+    # a go or js peer sends no class (None): the spec's three attempts
+    g = AttemptSchedule("port_restricted")
+    g.start(0.0)
+    g.connect_sent(0.0)
+    g.connect_answered(0.1, None)
+    assert g.attempt_failed(5.2).kind is StepKind.SEND_CONNECT
+
+
+def test_the_smaller_id_with_an_outbound_circuit_yields_and_a_refused_connect_is_no_attempt():
+    small, large = b"\x00\x01", b"\x00\x02"
+    assert yields_to_peer(small, large, outbound_relayed=True)
+    assert not yields_to_peer(large, small, outbound_relayed=True)
+    assert not yields_to_peer(small, large, outbound_relayed=False)  # it accepted the only circuit
+    assert refuses_peer_session(large, small) and not refuses_peer_session(small, large)
+    s = AttemptSchedule("port_restricted")
+    s.start(0.0)
+    s.connect_sent(0.0)  # refused by the driver: no answer
+    assert s.yielded(0.1).kind is StepKind.GIVE_UP
+    assert s.outcome == "yielded" and s.attempts == 0
+    book: PunchBook[str] = PunchBook()
+    assert book.begin("p", 0.0)
+    book.end("p", 0.1, "yielded")
+    assert book.verdict("p", 0.1) is Verdict.START and book.retry_at("p") == 0.1
 
 
 def test_symmetric_gives_up_at_once_with_a_typed_answer():

@@ -22,6 +22,19 @@ full-cone NAT that lets anyone in), the symmetric side just dials it. Both peers
 other's class from the CONNECT exchange (an optional field the DCUtR message carries; go and js
 peers leave it out, which reads as ``unknown`` = try, as go-libp2p always tries).
 
+Exactly one session per pair, whoever dialed (#16): two peers that dial each other through a
+relay at once each accept a circuit. Both sides keep the circuit the smaller peer id initiated
+(simultaneous.py), so the larger id accepted the kept one and drives; :func:`yields_to_peer` is
+that rule for the smaller side, and a CONNECT that arrives while both sessions have begun is
+refused by the larger id and answered by the smaller (whose own session then ends as
+``yielded``, neither success nor failure).
+
+Classify first: an ``unknown`` class on either side (our NAT not classified yet, or a prozchain
+peer that says ``unknown``) allows one attempt, then the session ends ``undecided`` (no backoff)
+and is re-run once the classes are known — a symmetric peer that had not classified itself yet
+costs one attempt, not three. A go or js peer never sends a class (``None``): it gets the
+spec's three attempts, as go-libp2p gives everyone.
+
 No endless punching: per peer, a failed session (all attempts used) backs off exponentially
 (``backoff_base`` doubling to ``backoff_max``) before a new relayed connection may start
 another; ``NOT_SUPPORTED`` is remembered for ``backoff_max``; the table of peers is bounded
@@ -48,6 +61,8 @@ __all__ = [
     "Verdict",
     "drives",
     "plan_pair",
+    "yields_to_peer",
+    "refuses_peer_session",
     "PUNCHABLE_NAT_TYPES",
     "DIRECTLY_DIALABLE_NAT_TYPES",
 ]
@@ -92,6 +107,19 @@ def drives(relayed_inbound: bool) -> bool:
     return relayed_inbound
 
 
+def yields_to_peer(our_id: bytes, peer_id: bytes, *, outbound_relayed: bool) -> bool:
+    """Whether our driving session must give way: the peer accepted a circuit from us, and the
+    rule (the circuit the smaller id initiated stays) makes that one the kept circuit — so the
+    peer is the driver, and our own inbound circuit is the one being closed."""
+    return outbound_relayed and our_id < peer_id
+
+
+def refuses_peer_session(our_id: bytes, peer_id: bytes) -> bool:
+    """Both sessions began: the larger id drives and refuses the peer's CONNECT; the smaller id
+    answers it and gives up its own session."""
+    return our_id > peer_id
+
+
 def plan_pair(our_nat: str, peer_nat: str) -> tuple[PairPlan, HolepunchNotSupported | None]:
     """Decide from both NAT classes; symmetric on either side forbids punching.
 
@@ -122,6 +150,9 @@ class HolepunchParams:
     max_peers: int = 1024  # entries kept in PunchBook
     max_message: int = 4096  # spec: messages are at most 4 KiB
     max_addrs: int = 20  # addresses read from, and sent in, one CONNECT
+    classify_wait: float = 10.0  # a driver whose NAT is unclassified waits this long for a verdict
+    undecided_retry: float = 5.0  # re-run an undecided session this long after (the peer classifies)
+    max_undecided: int = 2  # undecided sessions per peer before unknown is taken as "just try"
 
     def validate(self) -> HolepunchParams:
         if self.max_attempts < 1:
@@ -129,6 +160,8 @@ class HolepunchParams:
         for name in ("dial_timeout", "stream_timeout", "backoff_base", "backoff_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.classify_wait < 0 or self.undecided_retry <= 0 or self.max_undecided < 0:
+            raise ValueError("classify_wait, undecided_retry or max_undecided out of range")
         if self.max_sync_delay < 0 or self.max_peers < 1 or self.max_message < 64 or self.max_addrs < 1:
             raise ValueError("max_sync_delay, max_peers, max_message or max_addrs out of range")
         return self
@@ -166,8 +199,12 @@ class AttemptSchedule:
     rtts: list[float] = field(default_factory=list)
     started_at: float | None = None
     finished_at: float | None = None
-    outcome: str = "pending"  # pending | direct | failed | not_supported | reversal
+    outcome: str = "pending"  # pending | direct | failed | not_supported | reversal | undecided | yielded
     not_supported: HolepunchNotSupported | None = None
+    # "unknown" on either side ends the session after one failed attempt (module docstring);
+    # False once unknown has had its chances (PunchBook.undecided reached max_undecided)
+    one_attempt_if_unknown: bool = True
+    undecided: bool = False
     _connect_sent_at: float | None = None
     _deadline: float | None = None
 
@@ -195,6 +232,8 @@ class AttemptSchedule:
         rtt = max(0.0, now - sent)
         self.rtts.append(rtt)
         plan, why = plan_pair(self.our_nat, peer_nat or "unknown")
+        if self.one_attempt_if_unknown and "unknown" in (normalize_nat_type(self.our_nat), peer_nat):
+            self.undecided = True
         if plan is PairPlan.NOT_SUPPORTED:
             self.not_supported = why
             self._finish(now, "not_supported")
@@ -214,7 +253,16 @@ class AttemptSchedule:
         """No direct connection from this round (timeout, bad stream, failed dials): next round."""
         if self.outcome not in ("pending",):
             return self._finish(now, "failed") if self.outcome == "reversal" else self._terminal()
+        if self.undecided:
+            return self._finish(now, "undecided")
         return self._next_attempt(now)
+
+    def yielded(self, now: float) -> Step:
+        """The peer drives this pair (module docstring): end without success or failure. A
+        CONNECT the driver refused was no attempt at punching, and is not counted as one."""
+        if self.outcome == "pending" and self._connect_sent_at is not None and len(self.rtts) < self.attempts:
+            self.attempts -= 1
+        return self._finish(now, "yielded") if self.outcome == "pending" else self._terminal()
 
     def direct_connected(self, now: float) -> Step:
         return self._finish(now, "direct")
@@ -259,6 +307,7 @@ class _PeerEntry:
     not_supported: HolepunchNotSupported | None = None
     last: str = ""  # last outcome
     updated: float = 0.0
+    undecided: int = 0  # sessions that ended undecided since the last decided one
 
 
 class PunchBook(Generic[K]):
@@ -312,14 +361,21 @@ class PunchBook(Generic[K]):
         e.running = False
         e.last = outcome
         if outcome in ("direct", "reversal"):
-            e.failures, e.retry_at, e.not_supported = 0, now, None
+            e.failures, e.retry_at, e.not_supported, e.undecided = 0, now, None, 0
+        elif outcome in ("yielded", "undecided"):  # neither: no backoff (undecided is re-run)
+            e.retry_at = now
+            e.undecided += outcome == "undecided"
         elif not_supported is not None or outcome == "not_supported":
-            e.not_supported = not_supported
+            e.not_supported, e.undecided = not_supported, 0
             e.retry_at = now + self.params.backoff_max
         else:
-            e.failures += 1
+            e.failures, e.undecided = e.failures + 1, 0
             delay = doubling(self.params.backoff_base, self.params.backoff_max, e.failures)
             e.retry_at = now + delay
+
+    def undecided_sessions(self, peer: K) -> int:
+        e = self._peers.get(peer)
+        return 0 if e is None else e.undecided
 
     def note_not_supported(self, peer: K, now: float, why: HolepunchNotSupported) -> None:
         """The answering side learned it from the CONNECT exchange (it runs no schedule)."""

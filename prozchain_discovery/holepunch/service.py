@@ -47,7 +47,7 @@ from ..events import EventBus, NatStatusChanged, ObservedAddress, PeerConnected,
 from ..metrics import Metrics
 from ..multistream import LazySelect, MultistreamError, read_selected, select_message
 from ..net.frames import read_frame
-from ..net.sockets import is_relayed_conn
+from ..net.sockets import initiated_locally, is_relayed_conn
 from ..wire.framing import FrameError
 from .messages import (
     PROTOCOL_ID,
@@ -68,6 +68,8 @@ from .schedule import (
     Verdict,
     drives,
     plan_pair,
+    refuses_peer_session,
+    yields_to_peer,
 )
 
 __all__ = ["HolepunchService", "HolepunchResult", "PROTOCOL_ID"]
@@ -150,6 +152,9 @@ class HolepunchService:
         self._results: dict[ID, HolepunchResult] = {}
         self._responding: set[ID] = set()
         self._unsupported: set[ID] = set()  # answered "na" to /libp2p/dcutr: no more attempts
+        self._starting: set[ID] = set()  # sessions settling before they claim the peer
+        self._yielding: set[ID] = set()  # our session gives way: we answered the peer's (driver's)
+        self._classified = trio.Event()  # set while our NAT class is known
         self._wake = Wakeup()
         self._nursery: trio.Nursery | None = None
         bus.subscribe(PeerConnected, self._on_connected)
@@ -162,6 +167,10 @@ class HolepunchService:
             self.book.forget_not_supported()
         self.nat_type = ev.status.nat_type
         self._external = ev.status.external_addrs
+        if self.nat_type != "unknown":
+            self._classified.set()
+        elif self._classified.is_set():
+            self._classified = trio.Event()
 
     def _on_observed(self, ev: ObservedAddress) -> None:
         ip = ip_of(ev.addr)
@@ -218,15 +227,46 @@ class HolepunchService:
                 self._nursery = None
 
     # ---- driving side -----------------------------------------------------------------------------
+    def _yields(self, peer: ID) -> bool:
+        """The peer drives this pair, not us (schedule.yields_to_peer, and a CONNECT of its we
+        answered while our session ran)."""
+        if peer in self._yielding:
+            return True
+        outbound = any(initiated_locally(c) for c in self._relayed_conns(peer))
+        return yields_to_peer(self.host.get_id().to_bytes(), peer.to_bytes(), outbound_relayed=outbound)
+
+    async def _settle(self, peer: ID) -> None:
+        """Before a session claims the peer: let a session the peer drives (we are answering it)
+        finish, and let our NAT classifier give its verdict (a driver that does not know its
+        own class would spend attempts a symmetric NAT makes useless), each bounded."""
+        with trio.move_on_after(self.params.stream_timeout + self.params.dial_timeout):
+            while peer in self._responding:
+                await trio.sleep(0.05)
+        if self.nat_type == "unknown":
+            with trio.move_on_after(self.params.classify_wait):
+                await self._classified.wait()
+
     async def _session(self, peer: ID) -> None:
+        if peer in self._starting:
+            return
+        self._starting.add(peer)
+        try:
+            await self._settle(peer)
+        finally:
+            self._starting.discard(peer)
         now = trio.current_time()
         if self._direct_conn(peer) is not None or self._relayed_conns(peer) == []:
+            return
+        if self._yields(peer):
+            self.metrics.inc("holepunch_yielded")
             return
         if not self.book.begin(peer, now):
             if self.book.verdict(peer, now) is Verdict.NOT_SUPPORTED:
                 self.metrics.inc("holepunch_not_supported")
             return
-        sched = AttemptSchedule(self.nat_type, self.params)
+        self._yielding.discard(peer)
+        sched = AttemptSchedule(self.nat_type, self.params, one_attempt_if_unknown=(
+            self.book.undecided_sessions(peer) < self.params.max_undecided))
         remote: str | None = None
         peer_addrs: list[Multiaddr] = []
         try:
@@ -238,18 +278,25 @@ class HolepunchService:
                         remote = _conn_addr(c)
                         step = sched.direct_connected(trio.current_time())
                         continue
-                    self.metrics.inc("holepunch_attempts")
+                    if self._yields(peer):  # the peer drives: its session, not ours
+                        step = sched.yielded(trio.current_time())
+                        continue
                     if stream is not None:
                         await stream.close()
                     stream, answer = await self._exchange_connect(peer, sched)
                     if answer is None:
                         stream = None
+                        if self._yields(peer):  # refused: the peer's session drives the pair
+                            step = sched.yielded(trio.current_time())
+                            continue
+                        self.metrics.inc("holepunch_attempts")
                         step = sched.attempt_failed(trio.current_time())
                         if peer in self._unsupported:
                             self._unsupported.discard(peer)
                             while step.kind is not StepKind.GIVE_UP:  # no point in more rounds
                                 step = sched.attempt_failed(trio.current_time())
                         continue
+                    self.metrics.inc("holepunch_attempts")
                     peer_addrs = _dialable(answer.addrs, self._wan_ips())
                     step = sched.connect_answered(trio.current_time(), answer.nat_type)
                     continue
@@ -276,10 +323,22 @@ class HolepunchService:
             outcome = sched.outcome if sched.outcome != "pending" else "failed"
             if outcome == "reversal" and remote:
                 outcome = "direct"
+            self._yielding.discard(peer)
             self.book.end(peer, now, outcome, sched.not_supported)
             self._finish(peer, sched, outcome, remote)
 
     def _finish(self, peer: ID, sched: AttemptSchedule, outcome: str, remote: str | None) -> None:
+        if outcome == "yielded":
+            self.metrics.inc("holepunch_yielded")
+            log.debug("hole punch with %s: the peer drives it", peer)
+            return
+        if outcome == "undecided":
+            self.metrics.inc("holepunch_undecided")
+            log.debug("hole punch with %s: one attempt while a NAT class was unknown; again in %.0f s",
+                      peer, self.params.undecided_retry)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._retry_undecided, peer)
+            return
         if outcome == "not_supported":
             self.metrics.inc("holepunch_not_supported")
             log.info("hole punch with %s not supported: %s", peer,
@@ -300,6 +359,15 @@ class HolepunchService:
         else:
             self.metrics.inc("holepunch_failures")
             log.info("hole punch with %s failed after %d attempt(s)", peer, sched.attempts)
+
+    async def _retry_undecided(self, peer: ID) -> None:
+        """Re-run an undecided session once the classes are likely known: after our verdict
+        and ``undecided_retry`` (the peer's classifier runs on its own clock)."""
+        with trio.move_on_after(self.params.classify_wait):
+            await self._classified.wait()
+        await trio.sleep(self.params.undecided_retry)
+        if self._direct_conn(peer) is None and any(not initiated_locally(c) for c in self._relayed_conns(peer)):
+            await self._session(peer)
 
     async def _exchange_connect(self, peer: ID, sched: AttemptSchedule) -> tuple[_Stream | None, Connect | None]:
         stream: _Stream | None = None
@@ -335,10 +403,13 @@ class HolepunchService:
         """``/libp2p/dcutr`` handler: answer CONNECT, dial on SYNC. One session per peer at a time."""
         peer = net_stream.muxed_conn.peer_id
         stream = _Stream(net_stream, self.params.max_message)
-        # Both sides driving (each accepted a relayed connection from the other): the session of
-        # the peer with the smaller id goes on, the other side's attempts are refused.
-        both_drive = (self.book.verdict(peer, trio.current_time()) is Verdict.RUNNING
-                      and str(self.host.get_id()) < str(peer))
+        # Both sessions began (each side accepted a circuit from the other, or saw its NAT
+        # verdict late): the larger id drives and refuses; the smaller answers, and its own
+        # session gives way (schedule.refuses_peer_session).
+        both_drive = self.book.verdict(peer, trio.current_time()) is Verdict.RUNNING or peer in self._starting
+        if both_drive and not refuses_peer_session(self.host.get_id().to_bytes(), peer.to_bytes()):
+            self._yielding.add(peer)
+            both_drive = False
         if (not self.enabled or both_drive or peer in self._responding
                 or len(self._responding) >= MAX_RESPONDER_SESSIONS or self._direct_conn(peer) is not None):
             await stream.close()
