@@ -63,6 +63,7 @@ PORT = 4001
 STUN_PORT = 3478
 NETWORK_ID = "lab-crowd"
 STATUS_INTERVAL = 0.5
+SYM_QUIET = 3.0  # a symmetric pair connected and classified, no punch running for this long: settled
 KINDS = ("cone-cone", "cone-cone-shared", "same-nat", "cone-sym", "sym-sym")
 
 # The node's log format (cli/common.py): "%(asctime)s %(levelname)-7s %(name)s: %(message)s" with
@@ -186,11 +187,9 @@ def read_log(path: Path, near: float) -> list[LogLine]:
             in_tb = False
             continue
         starts_tb = raw.lstrip(" +|").startswith(("Traceback (most recent call last)", "Exception Group Traceback"))
-        if starts_tb or (in_tb and raw[:1] in (" ", "|", "+")) and out:
-            if starts_tb:
-                in_tb = True
-            if out:
-                out[-1].message += "\n" + raw
+        if out and (starts_tb or raw[:1] in (" ", "\t", "|", "+")):  # a traceback, a multi-line message
+            in_tb = in_tb or starts_tb
+            out[-1].message += "\n" + raw
             continue
         if in_tb and out:  # the exception line that ends a traceback
             out[-1].message += "\n" + raw
@@ -290,6 +289,7 @@ class PairWatch:
     direct_addr: str | None = None
     both_relayed_seen: bool = False  # each side listed a relayed connection to the other at once
     settled_at: float | None = None
+    quiet_since: float | None = None  # a symmetric pair: connected, classified, no session running
 
     def observe(self, sa: dict[str, Any], sb: dict[str, Any], now: float) -> None:
         same = self.kind == "same-nat"
@@ -302,10 +302,10 @@ class PairWatch:
         if (da or db) and self.direct_at is None:
             self.direct_at = min((t for x in (da, db) if x for t in (x[1],) if t is not None), default=now)
             self.direct_addr = (da or db or ("", None))[0]
-        if self.settled_at is None and self.is_settled(sa, sb):
+        if self.settled_at is None and self.is_settled(sa, sb, now):
             self.settled_at = now
 
-    def is_settled(self, sa: dict[str, Any], sb: dict[str, Any]) -> bool:
+    def is_settled(self, sa: dict[str, Any], sb: dict[str, Any], now: float) -> bool:
         if self.direct_at is not None:
             return True
         ha, hb = _hp_entry(sa, self.b), _hp_entry(sb, self.a)
@@ -318,7 +318,13 @@ class PairWatch:
         connected = bool(_peer_entries(sa, self.b.peer_id) or _peer_entries(sb, self.a.peer_id))
         classified = all(_nat_type(s) == "symmetric" for s, n in ((sa, self.a), (sb, self.b))
                          if n.nat == "symmetric")
-        return connected and classified and ended and not running
+        if not (connected and classified and not running):
+            self.quiet_since = None
+            return False
+        if self.quiet_since is None:
+            self.quiet_since = now
+        # No verdict may come at all (neither side ran a session): quiet for SYM_QUIET is settled.
+        return ended or now - self.quiet_since >= SYM_QUIET
 
 
 # ---- one trial -------------------------------------------------------------------------------
@@ -577,6 +583,8 @@ def analyse(trial: Trial, rtt: float, delay_ms: float) -> dict[str, Any]:
         "reservations": {name: finals[name].get("autorelay", {}).get("circuit_addrs", [])
                          for name in nodes if nodes[name].nat != "none"},
         "exit_codes": {name: n.exit_code for name, n in nodes.items()},
+        "metrics": {name: {k: v for k, v in finals[name].get("metrics", {}).items()
+                           if k.startswith(("holepunch", "autorelay", "relay"))} for name in nodes},
         "pairs": pairs_out,
         "relay_lost": relay_lost,
         "relay_releases": releases,
