@@ -193,4 +193,4 @@ async def test_thousands_of_reserve_and_disconnect_cycles_leave_bounded_tables()
     assert set(proto.ip_of) == connected
     for ip in {f"10.0.{k}.1" for k in range(7)}:
         assert proto._per_ip(ip) <= s.max_reservations_per_ip
-    assert proto.circuits_open == 0 and proto._cut == set()
+    assert proto.circuits_open == 0 and proto._ends == {}

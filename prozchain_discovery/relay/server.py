@@ -71,6 +71,15 @@ class RelayServer:
             self.metrics.inc("relay_reservations_refused", reason=why)
         elif what == "cut":
             self.metrics.inc("relay_circuits_cut", reason=why)
+        elif what == "ended":  # a circuit's normal end (EOF, or reset by a peer): DEBUG, counted
+            self.metrics.inc("relay_circuits_ended", how=why)
+            return
+        elif what == "hop_failed":  # a hop request that never came whole (a peer went away)
+            self.metrics.inc("relay_hop_failures", reason=why)
+            return
+        elif what == "stop_failed":  # a circuit to us whose handshake failed (issue #16)
+            self.metrics.inc("relay_stop_failures", reason=why)
+            return
         else:
             self.metrics.inc("relay_reservations_served", kind=what)
         self._gauge()
