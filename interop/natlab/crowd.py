@@ -187,8 +187,10 @@ def read_log(path: Path, near: float) -> list[LogLine]:
             in_tb = False
             continue
         starts_tb = raw.lstrip(" +|").startswith(("Traceback (most recent call last)", "Exception Group Traceback"))
-        if out and (starts_tb or raw[:1] in (" ", "\t", "|", "+")):  # a traceback, a multi-line message
-            in_tb = in_tb or starts_tb
+        chained = raw.startswith(("The above exception was the direct cause",
+                                  "During handling of the above exception"))
+        if out and (starts_tb or chained or raw[:1] in (" ", "\t", "|", "+")):  # a traceback, a multi-line message
+            in_tb = in_tb or starts_tb or chained
             out[-1].message += "\n" + raw
             continue
         if in_tb and out:  # the exception line that ends a traceback
@@ -601,8 +603,10 @@ def analyse(trial: Trial, rtt: float, delay_ms: float) -> dict[str, Any]:
 
 def run_trials(lab: Lab, trials: int, cfg: TrialConfig, *, json_out: Path | None = None,
                progress: Callable[[str], None] | None = None,
-               on_trial: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """``trials`` trials in ``lab``; returns their analyses (and appends each to ``json_out``)."""
+               on_trial: Callable[[dict[str, Any]], None] | None = None,
+               stop_at: float | None = None) -> list[dict[str, Any]]:
+    """``trials`` trials in ``lab``; returns their analyses (and appends each to ``json_out``).
+    With ``stop_at`` (wall clock), no trial starts after it (the first always runs)."""
     results: list[dict[str, Any]] = []
     work_ctx: contextlib.AbstractContextManager[str]
     if cfg.keep_logs is not None:
@@ -618,6 +622,10 @@ def run_trials(lab: Lab, trials: int, cfg: TrialConfig, *, json_out: Path | None
             lab.set_delay(cfg.delay_ms)
         rtt = measure_rtt(lab)
         for i in range(trials):
+            if stop_at is not None and i > 0 and time.time() >= stop_at:
+                if progress:
+                    progress(f"stopping after {i} trials: out of time")
+                break
             trial = run_trial(lab, i, cfg, work, progress, rebuild=cfg.rebuild and i > 0)
             res = analyse(trial, rtt, cfg.delay_ms)
             results.append(res)
