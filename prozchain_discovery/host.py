@@ -140,4 +140,5 @@ def make_host(
     libp2p_fixes.pipeline_multistream(host)
     libp2p_fixes.yamux_window_hysteresis(host)
     libp2p_fixes.quic_dial_from_listen_socket(host)
+    libp2p_fixes.quic_observed_addrs(host)
     return host

@@ -50,6 +50,12 @@ stock configuration and its absence with ours.
   per connection, so behind a NAT a dial's packets leave from a port nobody was told about and a
   QUIC hole punch cannot work. :func:`quic_dial_from_listen_socket` (module quic_reuse.py) sends
   QUIC dials from the listen socket, as quic-go does.
+* Identify's observed address over QUIC (DCUtR bug 4 in the notes): py-libp2p's identify answer
+  names the remote end ``/ip4/A/tcp/P`` whatever the transport, so over a QUIC connection it
+  reports a TCP port that is really a UDP one, and the observed-address manager drops it (no
+  local TCP address matches on a QUIC-only node) or files it under TCP. A node reached only over
+  QUIC never learned its WAN IP, and DCUtR had nothing to predict. :func:`quic_observed_addrs`
+  rewrites an observation made on a QUIC connection to ``/udp/P/quic-v1`` before it is recorded.
 
 Every patch checks that what it replaces exists and fails loudly (:class:`Libp2pPatchError`) at
 ``make_host`` if a py-libp2p upgrade moved it, instead of silently patching nothing.
@@ -83,6 +89,7 @@ __all__ = [
     "local_interface_ips",
     "tolerate_handler_removal",
     "quic_dial_from_listen_socket",
+    "quic_observed_addrs",
     "pipeline_multistream",
     "run_host",
     "close_listeners",
@@ -556,6 +563,41 @@ def quic_dial_from_listen_socket(host: Any) -> bool:
     from . import quic_reuse
 
     return quic_reuse.install(host)
+
+
+def _is_quic_conn(conn: Any) -> bool:
+    muxed = getattr(conn, "muxed_conn", conn)
+    return any(cls.__name__ == "QUICConnection" for cls in type(muxed).__mro__)
+
+
+def quic_observation(conn: Any, observed: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+    """``observed`` as a QUIC address when ``conn`` is a QUIC connection (``/tcp/P`` and
+    draft-29's ``/quic`` become ``/udp/P/quic-v1``); unchanged otherwise."""
+    if not _is_quic_conn(conn):
+        return observed
+    try:
+        parts = [(p.name, observed.value_for_protocol(p.name)) for p in observed.protocols()]
+    except Exception:
+        return observed
+    if len(parts) >= 2 and parts[0][0] in ("ip4", "ip6") and parts[1][0] in ("tcp", "udp"):
+        if [n for n, _ in parts[2:]] in ([], ["quic"], ["quic-v1"]):
+            return multiaddr.Multiaddr(f"/{parts[0][0]}/{parts[0][1]}/udp/{parts[1][1]}/quic-v1")
+    return observed
+
+
+def quic_observed_addrs(host: Any) -> None:
+    """Observations over QUIC recorded as ``/udp/P/quic-v1`` (module docstring)."""
+    patch = "quic_observed_addrs"
+    manager = _require(host, "_observed_addr_manager", patch)
+    if manager is None:
+        return  # address discovery off: nothing is recorded
+    record = _require_method(manager, "record_observation", patch, is_async=False,
+                             params=["conn", "observed_addr", "local_addrs"])
+
+    def record_observation(conn: Any, observed_addr: Any, local_addrs: Any) -> None:
+        record(conn, quic_observation(conn, observed_addr), local_addrs)
+
+    manager.record_observation = record_observation
 
 
 def pin_local_record(host: Any, envelope: Any) -> None:

@@ -172,3 +172,30 @@ def test_cli_bad_quic_listen_address_is_one_line(tmp_path):
     assert out.returncode == 1 and out.stdout == ""
     line = _one_error(out.stderr)
     assert "/ip4/203.0.113.9/udp/4001/quic-v1" in line and "Cannot assign requested address" in line
+
+
+async def test_identify_observation_over_quic_is_recorded_as_quic(monkeypatch):
+    """Upstream: identify over a QUIC connection reports our address as ``/ip4/A/tcp/P`` (P a UDP
+    port); a QUIC-only node never learns its WAN IP. Ours records ``/udp/P/quic-v1``."""
+    from libp2p.host.observed_addr_manager import ObservedAddrManager
+
+    seen: dict[str, list[str]] = {}
+
+    def spy(self: Any, conn: Any, observed_addr: Any, local_addrs: Any) -> None:
+        seen.setdefault(self._pzq_label, []).append(str(observed_addr))
+
+    monkeypatch.setattr(ObservedAddrManager, "record_observation", spy)
+    target = make_host(listen_addrs=[QUIC])
+    stock = new_host(listen_addrs=_mas(QUIC))
+    ours = make_host(listen_addrs=[QUIC])
+    stock._observed_addr_manager._pzq_label = "stock"
+    ours._observed_addr_manager._pzq_label = "ours"
+    async with run_host(target, _mas(QUIC)), run_host(stock, _mas(QUIC)), run_host(ours, _mas(QUIC)):
+        for dialer in (stock, ours):
+            await dialer.connect(PeerInfo(target.get_id(), _quic_addrs(target)))
+        with trio.fail_after(10):
+            while len(seen) < 2:
+                await trio.sleep(0.01)
+        ours_port = _udp_port(_quic_addrs(ours)[0])
+    assert all("/tcp/" in a for a in seen["stock"]), seen
+    assert seen["ours"] == [f"/ip4/127.0.0.1/udp/{ours_port}/quic-v1"], seen

@@ -29,6 +29,10 @@ Topology (every name below is a network namespace ``pzl-<name>``; routers are ``
 * Routers (iptables-legacy): FORWARD policy DROP, LAN->WAN and ESTABLISHED,RELATED accepted;
   unsolicited input on the WAN dropped (as home routers do). The UPnP router also accepts UDP
   from the STUN server's ports 3478:3479, for miniupnpd's ``ext_perform_stun``.
+* Optional SYN-dropping cone routers (``Lab(tcp_syn_drop=True)`` or :meth:`Lab.set_tcp_syn_drop`
+  at run time): ``-A FORWARD -i wan -p tcp --syn -j DROP`` *before* the ESTABLISHED,RELATED
+  accept, so an inbound bare SYN is dropped even when it answers our own SYN: a middlebox without
+  TCP simultaneous open, where a TCP hole punch cannot work and a UDP (QUIC) one can.
 * An optional one-way delay in the core: forwarded packets go through NFQUEUE to ``delay.py``.
   Every path between two namespaces crosses the core once, so the RTT grows by 2 * delay.
 
@@ -63,6 +67,9 @@ STUN_ALT_PORT = 3479
 UPNP_HTTP_PORT = 5555
 NATPMP_PORT = 5351
 DELAY_QUEUE = 0
+# A middlebox without TCP simultaneous open: inbound bare SYNs from the WAN are dropped, even
+# those that answer a SYN of ours (placed before the ESTABLISHED,RELATED accept).
+SYN_DROP_RULE = ("-i", "wan", "-p", "tcp", "--syn", "-j", "DROP")
 
 
 # --- topology as data ---------------------------------------------------------------------
@@ -278,6 +285,7 @@ class Lab:
     hosts: dict[str, Host] = field(init=False)
     routers: dict[str, Router] = field(init=False)
     delay_ms: float = field(init=False, default=0.0)
+    tcp_syn_drop: bool = False  # cone routers drop inbound bare TCP SYNs (module docstring)
 
     def __post_init__(self) -> None:
         if self.state_dir is None:
@@ -531,8 +539,10 @@ class Lab:
         if r.upnp:  # miniupnpd's ext_perform_stun: answers come from both addresses and ports
             for ip in self.stun_ips:
                 f.append(f"-A INPUT -i wan -p udp -s {ip} --sport {STUN_PORT}:{STUN_ALT_PORT} -j ACCEPT")
-        f += ["-A INPUT -i wan -j DROP",
-              "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f.append("-A INPUT -i wan -j DROP")
+        if self.tcp_syn_drop and r.nat == "cone":
+            f.append("-A FORWARD " + " ".join(SYN_DROP_RULE))
+        f += ["-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
               "-A FORWARD -i lan -o wan -j ACCEPT",
               "-A FORWARD -i lan -o lan -j ACCEPT"]  # bridged LAN traffic, if br_netfilter is on
         if r.upnp:
@@ -622,6 +632,23 @@ class Lab:
         self.delay_ms = float(delay_ms)
         if self.state_dir is not None and self.state_dir.exists():
             self._write_state()
+
+    def set_tcp_syn_drop(self, on: bool, routers: Sequence[str] | None = None) -> None:
+        """Turn the SYN-dropping rule on or off on ``routers`` (default: every cone router),
+        first in their FORWARD chain; idempotent. The lab as built is left otherwise unchanged."""
+        names = list(routers) if routers is not None else [r.name for r in self.routers.values()
+                                                           if r.nat == "cone"]
+        for name in names:
+            ns = self.routers[name].ns
+            present = self.run(ns, ["iptables-legacy", "-C", "FORWARD", *SYN_DROP_RULE],
+                               capture_output=True).returncode == 0
+            if on and not present:
+                self.run(ns, ["iptables-legacy", "-I", "FORWARD", "1", *SYN_DROP_RULE], check=True)
+            elif not on:
+                while present:
+                    self.run(ns, ["iptables-legacy", "-D", "FORWARD", *SYN_DROP_RULE], check=True)
+                    present = self.run(ns, ["iptables-legacy", "-C", "FORWARD", *SYN_DROP_RULE],
+                                       capture_output=True).returncode == 0
 
     def _end_other_delay(self) -> None:
         """End a delay program started by another process (``python -m interop.natlab up``)."""

@@ -6,7 +6,8 @@
 ``python -m interop.natlab.punch_node client --stun IP --relay ADDR``: classifies its NAT once
 (our STUN classifier against the lab's coturn), prints ``{"nat_type"}``, then per command:
 
-* ``{"cmd": "up", "port": P}`` — a fresh host listening on 0.0.0.0:P (a fresh port per trial:
+* ``{"cmd": "up", "port": P, "transports": ["tcp", "quic"]}`` — a fresh host listening on
+  0.0.0.0:P, TCP and/or UDP (QUIC; ``transports`` defaults to TCP only) (a fresh port per trial:
   the last trial's 4-tuple may still sit in TIME_WAIT), connected to the relay with a
   reservation, with the hole-punch component (``HolepunchService``) mounted as the composition
   root mounts it: a ``ConnectionTracker`` publishing ``PeerConnected``, ``NatStatusChanged``
@@ -56,12 +57,18 @@ async def readline() -> str:
     return await trio.to_thread.run_sync(sys.stdin.readline)
 
 
-async def relay_main(port: int) -> None:
+def listen_addrs(port: int, transports: list[str]) -> list[multiaddr.Multiaddr]:
+    kinds = {"tcp": f"/ip4/0.0.0.0/tcp/{port}", "quic": f"/ip4/0.0.0.0/udp/{port}/quic-v1"}
+    return [multiaddr.Multiaddr(kinds[t]) for t in transports]
+
+
+async def relay_main(port: int, transports: list[str]) -> None:
     from libp2p.relay.circuit_v2 import CircuitV2Protocol, RelayLimits
     from libp2p.tools.anyio_service import background_trio_service
 
-    host = make_host(listen_addrs=[f"/ip4/0.0.0.0/tcp/{port}"])
-    async with run_host(host, [multiaddr.Multiaddr(f"/ip4/0.0.0.0/tcp/{port}")]):
+    listen = listen_addrs(port, transports)
+    host = make_host(listen_addrs=listen)
+    async with run_host(host, listen):
         limits = RelayLimits(duration=3600, data=1 << 30, max_circuit_conns=64,
                              max_reservations=1024, reservation_ttl=3600)
         proto = CircuitV2Protocol(host, limits=limits, allow_hop=True)
@@ -78,20 +85,21 @@ class Trial:
         self.relay_info = info_from_p2p_addr(self.relay)
         self.relayed_at: dict[ID, float] = {}
 
-    async def run(self, port: int, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, port: int, transports: list[str] | None = None,
+                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport
         from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
         from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP
         from libp2p.tools.anyio_service import background_trio_service
 
-        listen = multiaddr.Multiaddr(f"/ip4/0.0.0.0/tcp/{port}")
-        host = make_host(listen_addrs=[listen])
+        listen = listen_addrs(port, transports or ["tcp"])
+        host = make_host(listen_addrs=listen)
         self.host = host
         bus, metrics = EventBus(), Metrics()
         tracker = ConnectionTracker(host, bus, metrics, min_peers=1, static_ids=set())
         self.hp = hp = HolepunchService(host, bus=bus, metrics=metrics)
         bus.subscribe(PeerConnected, self._on_connected)
-        async with run_host(host, [listen]):
+        async with run_host(host, listen):
             host.get_network().register_notifee(tracker.notifee)
             host.set_stream_handler(PROTOCOL_ID, hp.handle)  # type: ignore[arg-type]
             bus.publish(NatStatusChanged(self.nat))
@@ -186,7 +194,7 @@ async def client_main(stun: str, relay: str) -> None:
             try:
                 if cmd["cmd"] == "up":
                     trial = Trial(nat, relay)
-                    info = await nursery.start(trial.run, int(cmd["port"]))
+                    info = await nursery.start(trial.run, int(cmd["port"]), list(cmd.get("transports", ["tcp"])))
                     emit(info)
                 elif cmd["cmd"] == "dial" and trial is not None:
                     emit(await trial.dial(cmd["circuit"]))
@@ -212,12 +220,13 @@ def main() -> None:
     sub = p.add_subparsers(dest="role", required=True)
     rp = sub.add_parser("relay")
     rp.add_argument("--port", type=int, default=4001)
+    rp.add_argument("--transports", default="tcp", help="comma-separated: tcp, quic")
     cp = sub.add_parser("client")
     cp.add_argument("--stun", required=True)
     cp.add_argument("--relay", required=True)
     args = p.parse_args()
     if args.role == "relay":
-        trio.run(relay_main, args.port)
+        trio.run(relay_main, args.port, args.transports.split(","))
     else:
         trio.run(client_main, args.stun, args.relay)
 

@@ -64,12 +64,15 @@ class Pair:
 
 
 @contextmanager
-def punch_pair(lab: Lab, a_ns: str, b_ns: str) -> Iterator[Pair]:
-    relay = Node(lab, RELAY_HOST, ["relay", "--port", "4001"])
+def punch_pair(lab: Lab, a_ns: str, b_ns: str, relay_transports: tuple[str, ...] = ("tcp",)) -> Iterator[Pair]:
+    """The relay and two clients. Clients reach the relay over TCP if it listens on TCP, else
+    over QUIC (``relay_transports=("quic",)`` for QUIC-only clients)."""
+    relay = Node(lab, RELAY_HOST, ["relay", "--port", "4001", "--transports", ",".join(relay_transports)])
     nodes = [relay]
     try:
         info = relay.read()
-        relay_addr = f"/ip4/{lab.hosts[RELAY_HOST].ip}/tcp/4001/p2p/{info['peer_id']}"
+        via = "tcp/4001" if "tcp" in relay_transports else "udp/4001/quic-v1"
+        relay_addr = f"/ip4/{lab.hosts[RELAY_HOST].ip}/{via}/p2p/{info['peer_id']}"
         stun = lab.stun_ips[0]
         a = Node(lab, a_ns, ["client", "--stun", stun, "--relay", relay_addr])
         nodes.append(a)
@@ -81,13 +84,15 @@ def punch_pair(lab: Lab, a_ns: str, b_ns: str) -> Iterator[Pair]:
             n.stop()
 
 
-def trial(pair: Pair, port: int, timeout: float = 20.0, migration: bool = True) -> dict[str, Any]:
+def trial(pair: Pair, port: int, timeout: float = 20.0, migration: bool = True,
+          transports: tuple[str, ...] = ("tcp",)) -> dict[str, Any]:
     """One trial: fresh hosts on ``port`` on both sides, b dials a through the relay, both wait
     for a direct connection (a drives) and a for its result. With ``migration``, a also waits for
     the relayed connection to close (``relay_close_grace``, 2 s). b waits for neither: only the
-    driver records a result, and the relayed connection closes for both at once."""
-    ia = pair.a.cmd(cmd="up", port=port)
-    ib = pair.b.cmd(cmd="up", port=port)
+    driver records a result, and the relayed connection closes for both at once. ``transports``:
+    what both clients listen and punch on (tcp, quic)."""
+    ia = pair.a.cmd(cmd="up", port=port, transports=list(transports))
+    ib = pair.b.cmd(cmd="up", port=port, transports=list(transports))
     try:
         pair.b.cmd(cmd="dial", circuit=ia["circuit"])
         ra = pair.a.cmd(cmd="wait", peer=ib["peer_id"], timeout=timeout, migration=migration)
