@@ -8,7 +8,7 @@ dotted field (``bootstrap.min_peers_for_startup``) and what was wrong.
 Example ``node.toml``::
 
     network_id = "prozchain-testnet"
-    listen = ["/ip4/0.0.0.0/tcp/4001"]
+    listen = ["/ip4/0.0.0.0/tcp/4001"]  # add "/ip4/0.0.0.0/udp/4001/quic-v1" for QUIC too
 
     [bootstrap]
     bootstrap_nodes = ["/ip4/198.51.100.7/tcp/4001/p2p/12D3KooW..."]

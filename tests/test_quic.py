@@ -199,3 +199,38 @@ async def test_identify_observation_over_quic_is_recorded_as_quic(monkeypatch):
         ours_port = _udp_port(_quic_addrs(ours)[0])
     assert all("/tcp/" in a for a in seen["stock"]), seen
     assert seen["ours"] == [f"/ip4/127.0.0.1/udp/{ours_port}/quic-v1"], seen
+
+
+async def test_relay_reservation_and_circuit_over_quic_connections():
+    """A relay reached over QUIC only: a reservation, a circuit through it, a stream end to end."""
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from prozchain_discovery.relay.transport import CircuitDialer, reserve
+    from tests.test_relay import ECHO, accept_circuits, guarded
+
+    relay, target, dialer = (make_host(listen_addrs=[QUIC]) for _ in range(3))
+    guarded(relay)
+    accept_circuits(target)
+    async with run_host(relay, _mas(QUIC)), run_host(target, _mas(QUIC)), run_host(dialer, _mas(QUIC)):
+        relay_addr = f"{_quic_addrs(relay)[0]}/p2p/{relay.get_id()}"
+        for h in (target, dialer):
+            await h.connect(info_from_p2p_addr(multiaddr.Multiaddr(relay_addr)))
+        reply = await reserve(target, relay.get_id(), timeout=10)
+        assert reply is not None
+        with trio.fail_after(20):
+            await CircuitDialer(dialer).connect(target.get_id(), [multiaddr.Multiaddr(f"{relay_addr}/p2p-circuit")])
+        stream = await dialer.new_stream(target.get_id(), [ECHO])
+        await stream.write(b"over quic and a circuit")
+        with trio.fail_after(10):
+            assert await stream.read(100) == b"over quic and a circuit"
+        await stream.close()
+        relay_conn = dialer.get_network().get_connections(relay.get_id())[0]
+        assert "/udp/" in str(relay_conn.muxed_conn.get_transport_addresses()[0])
+
+
+def test_toml_listen_with_quic(tmp_path):
+    from prozchain_discovery.config import load_config
+
+    p = tmp_path / "node.toml"
+    p.write_text('listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]\n')
+    assert load_config(p).listen == ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
