@@ -651,3 +651,45 @@ async def test_a_failed_circuit_handshake_resets_its_stream_only(caplog):
     kept, records = await _failed_circuit_handshakes(guarded, caplog)
     assert kept
     assert not [r for r in records if r.levelno >= logging.WARNING and "relay" in r.name]
+
+
+# ---- issue #16: what ate a fresh circuit's budget: AutoNAT v2 dial data -----------------------
+async def test_no_autonat_dial_data_over_a_relayed_connection():
+    """Two NATed peers meeting through a relay asked each other for AutoNAT v2 dial-backs: the
+    server sees the relay's IP, so it asks for 30-100 kB of dial data first, paid over the
+    circuit (measured on loopback: 100 kB one way and 38 kB the other within 0.3 s; 128 KiB
+    is the whole budget). Neither side asks, and a server refuses, over a relayed connection."""
+    from prozchain_discovery.config import HolepunchSettings
+    from prozchain_discovery.net.frames import read_frame
+    from prozchain_discovery.wire.autonat import (
+        DIAL_REQUEST_PROTOCOL,
+        MAX_MESSAGE,
+        DialRequest,
+        decode_message,
+        frame_message,
+    )
+
+    def natted(c):
+        c = replace(c, holepunch=HolepunchSettings(enabled=False))  # stay relayed on loopback
+        return replace(c, nat=replace(c.nat, autonat_allow_private=True))  # loopback addresses count
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        relay = await net.node(relay_cfg(cfg(min_peers=1), serve="on"))
+        await wait_until(lambda: relay.relay_server.serving, 5)
+        private = await net.node(natted(cfg(bootstrap=(addr_of(relay),), min_peers=1)))
+        await wait_until(lambda: private.autorelay.published, 20)
+        (caddr,) = private.autorelay.published
+        other = await net.node(natted(cfg(min_peers=1)))
+        assert await other.dial(private.local_id, [caddr], PeerSource.PEX)
+        await trio.sleep(3)  # the client looked for servers at once (identify over a relay is not deferred)
+        for node in (private, other):
+            assert node.metrics.get("autonat_dial_data_paid") == 0
+        assert relay.metrics.get("relay_circuits_cut", reason="data") == 0
+        # A client that asks anyway is refused before any dial data.
+        stream = await other.host.new_stream(private.local_id, [DIAL_REQUEST_PROTOCOL])
+        await stream.write(frame_message(DialRequest((multiaddr.Multiaddr("/ip4/198.51.100.9/tcp/4001").to_bytes(),), 7)))
+        with trio.fail_after(10):
+            answer = decode_message(await read_frame(stream, MAX_MESSAGE))
+        assert getattr(answer, "status", None) is not None and answer.status.name == "E_REQUEST_REJECTED"
+        assert private.metrics.get("autonat_dial_backs", result="over_relay") == 1

@@ -43,7 +43,7 @@ from ..events import (
     Wakeup,
 )
 from ..metrics import Metrics
-from ..net.exchange import observed_multiaddr
+from ..net.exchange import is_relayed_stream, observed_multiaddr
 from ..net.frames import read_frame
 from ..ports import Connections, PeerBookView
 from ..wire.autonat import (
@@ -262,6 +262,11 @@ class AutonatService:
     def _servers(self) -> list[ID]:
         servers, self._identify_pending = [], False
         for cp in self.connections.peers():
+            if "/p2p-circuit" in cp.addr:
+                # Reached through a relay only: a limited connection (128 KiB, go-libp2p opens no
+                # AutoNAT stream on one), and the server sees the relay's IP, so it asks for
+                # 30-100 kB of dial data, which ate fresh circuits' budget (issue #16).
+                continue
             speaks = self.book.supports(cp.peer_id, DIAL_REQUEST_PROTOCOL)
             if speaks:
                 servers.append(cp.peer_id)
@@ -412,6 +417,9 @@ class AutonatService:
         msg = decode_message(await read_frame(stream, MAX_MESSAGE))
         if not isinstance(msg, DialRequest):
             return "bad_request"
+        if is_relayed_stream(stream):  # no dial data over a limited connection (see _servers)
+            await stream.write(frame_message(DialResponse(ResponseStatus.E_REQUEST_REJECTED)))
+            return "over_relay"
         observed = observed_multiaddr(stream)
         obs_ip = ip_of(observed) if observed is not None else None
         decision = self.server_policy.decide(
