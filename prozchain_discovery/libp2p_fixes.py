@@ -66,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import ipaddress
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -94,6 +95,9 @@ __all__ = [
     "run_host",
     "close_listeners",
 ]
+
+
+_fixes_log = logging.getLogger("prozchain_discovery.libp2p_fixes")
 
 
 class Libp2pPatchError(RuntimeError):
@@ -308,10 +312,17 @@ def yamux_window_hysteresis(host: Any) -> None:
     CPU, for request/response streams that never come near the 256 KiB window. go-yamux (and
     the spec's intent) sends one when the consumed part reaches half the window.
 
+    A window update that cannot be written (issue #16: "Unexpected error during window
+    update", on relayed connections whose circuit was closed) no longer fails the read that
+    took the data from the buffer: the bytes are returned, and the connection's next write
+    reports the closed connection.
+
     py-libp2p builds its ``Yamux`` itself (``MuxerMultistream.new_conn`` ignores the class
     given to ``new_host``), so this host's muxed connections are marked as they are made, and
     the stream method, wrapped once on the class, sends updates so for marked connections
     only: any other host keeps py-libp2p's behaviour."""
+    from libp2p.io.exceptions import IOException
+    from libp2p.network.connection.exceptions import RawConnError
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
     patch = "yamux_window_hysteresis"
@@ -335,7 +346,16 @@ def yamux_window_hysteresis(host: Any) -> None:
                 if delta <= 0 or delta < self.target_recv_window // 2:
                     return
                 self.recv_window += delta
-            await self.send_window_update(delta, skip_lock=True)
+            try:
+                await self.send_window_update(delta, skip_lock=True)
+            except (RawConnError, IOException) as exc:
+                # The connection under the stream can no longer write (a relayed connection
+                # whose circuit the relay or the peer closed, e.g. after a hole punch): what
+                # this read took from the buffer is still the caller's. py-libp2p raises here
+                # (after "Unexpected error during window update" at WARNING) and the read that
+                # had the data fails with it (issue #16). The next write meets the closed
+                # connection anyway.
+                _fixes_log.debug("window update on a connection that cannot write: %r", exc)
 
         window_update._prozchain = True  # type: ignore[attr-defined]
         YamuxStream._auto_tune_and_send_window_update = window_update  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ import inspect
 import logging
 import re
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from prozchain_discovery import libp2p_fixes, libp2p_logs
 from prozchain_discovery.addrs import AddrScope, scope_of, strip_p2p
 from prozchain_discovery.host import make_host
+from tests.netutil import Net, wait_until
 
 LOOP = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
 pytestmark = pytest.mark.network
@@ -845,3 +846,48 @@ async def test_yamux_flow_control_still_moves_a_megabyte_both_ways():
     ours, got = await _window_updates_for(lambda: make_host(listen_addrs=LOOP), 64, 65536)
     assert got == 64 * 65536
     assert 4 <= ours <= 64  # one per half window consumed, not one per read
+
+
+async def _read_after_the_circuit_stopped_writing(stock: bool) -> tuple[int, int]:
+    """A relayed connection whose circuit stream can no longer write (the relay or the peer
+    closed it, e.g. after a hole punch) while 200 KiB the peer sent are still to be read.
+    Returns (bytes read, bytes sent)."""
+    from tests.test_relay import _relayed_pair, guarded
+
+    sent = 200 * 1024
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        guarded(r, circuit_data=1 << 22)
+        target, dialer = await _relayed_pair(stack, net, r)
+
+        async def blob(stream):
+            await stream.write(b"y" * sent)
+            await trio.sleep(10)
+
+        target.set_stream_handler("/blob/1", blob)
+        (conn,) = dialer.get_network().get_connections(target.get_id())
+        if stock:
+            conn.muxed_conn.prozchain_window_hysteresis = False
+        circuit_stream = conn.muxed_conn.secured_conn.conn.conn.stream  # Noise -> raw -> hop stream
+        stream = await dialer.new_stream(target.get_id(), ["/blob/1"])
+        await wait_until(lambda: len(conn.muxed_conn.stream_buffers.get(stream.muxed_stream.stream_id, b"")) >= sent, 10)
+        await circuit_stream.close_write()
+        got = 0
+        with trio.fail_after(10):
+            try:
+                while got < sent and (data := await stream.read(65536)):
+                    got += len(data)
+            except Exception:
+                pass
+        return got, sent
+
+
+async def test_stock_yamux_loses_read_data_when_a_window_update_cannot_be_written():
+    got, sent = await _read_after_the_circuit_stopped_writing(stock=True)
+    assert got < sent  # "Unexpected error during window update", and the read failed with it
+
+
+async def test_our_window_update_failure_leaves_the_read_data_to_the_reader():
+    got, sent = await _read_after_the_circuit_stopped_writing(stock=False)
+    assert got == sent
