@@ -22,7 +22,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from prozchain_discovery.config import HolepunchSettings
 from prozchain_discovery.connections import ConnectionTracker
-from prozchain_discovery.events import EventBus, NatStatusChanged
+from prozchain_discovery.events import DuplicateConnection, EventBus, NatStatusChanged
 from prozchain_discovery.holepunch.schedule import HolepunchNotSupported, HolepunchParams
 from prozchain_discovery.holepunch.service import PROTOCOL_ID, HolepunchResult, HolepunchService
 from prozchain_discovery.metrics import Metrics
@@ -48,11 +48,11 @@ class Peer:
         return self.host.get_id()
 
 
-async def _peer(net: Net, stack: AsyncExitStack, nat: str = "port_restricted") -> Peer:
+async def _peer(net: Net, stack: AsyncExitStack, nat: str = "port_restricted", enabled: bool = True) -> Peer:
     host = await net.host()
     bus, metrics = EventBus(), Metrics()
     tracker = ConnectionTracker(host, bus, metrics, min_peers=1, static_ids=set())
-    hp = HolepunchService(host, bus=bus, metrics=metrics, relay_close_grace=0.2,
+    hp = HolepunchService(host, bus=bus, metrics=metrics, relay_close_grace=0.2, enabled=enabled,
                           params=HolepunchParams(backoff_base=30.0))
     host.get_network().register_notifee(tracker.notifee)
     host.set_stream_handler(PROTOCOL_ID, hp.handle)  # type: ignore[arg-type]
@@ -66,7 +66,7 @@ async def _peer(net: Net, stack: AsyncExitStack, nat: str = "port_restricted") -
 
 @asynccontextmanager
 async def relayed_pair(a_nat: str = "port_restricted", b_nat: str = "port_restricted", *,
-                       both_dial: bool = False) -> AsyncIterator[tuple[Peer, Peer]]:
+                       both_dial: bool = False, hp_enabled: bool = True) -> AsyncIterator[tuple[Peer, Peer]]:
     """R relays; A reserves on R; B dials A through R (so A accepted the relayed connection).
 
     ``both_dial``: B reserves too, and A and B dial each other through R at the same moment (the
@@ -79,8 +79,8 @@ async def relayed_pair(a_nat: str = "port_restricted", b_nat: str = "port_restri
         await stack.enter_async_context(background_trio_service(CircuitV2Protocol(relay, limits=limits,
                                                                                   allow_hop=True)))
         r_addr = multiaddr.Multiaddr(f"{relay.get_addrs()[0]}/p2p/{relay.get_id()}")
-        a = await _peer(net, stack, a_nat)
-        b = await _peer(net, stack, b_nat)
+        a = await _peer(net, stack, a_nat, hp_enabled)
+        b = await _peer(net, stack, b_nat, hp_enabled)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.hp.run)
             nursery.start_soon(b.hp.run)
@@ -99,7 +99,8 @@ async def relayed_pair(a_nat: str = "port_restricted", b_nat: str = "port_restri
                     await s.close()
                 for p in (a, b):
                     assert p.simultaneous is not None
-                    nursery.start_soon(p.simultaneous.run)
+                    if hp_enabled:  # else the test wants both circuits to stay, for now
+                        nursery.start_soon(p.simultaneous.run)
                 async with trio.open_nursery() as dials:
                     dials.start_soon(dial_through_relay, b, a)
                     dials.start_soon(dial_through_relay, a, b)
@@ -228,3 +229,22 @@ async def test_a_driver_that_has_not_classified_its_nat_waits_for_the_verdict_fi
         await wait_until(lambda: isinstance(a.hp.result(b.id), HolepunchResult), 20)
         res = a.hp.result(b.id)
         assert isinstance(res, HolepunchResult) and res.outcome == "direct" and res.attempts == 1
+
+
+async def test_crossing_circuits_whose_first_connection_was_our_own_dial_still_get_one_driver():
+    """Seen in the crowd (#16): both peers' first connection to each other was their own dial
+    through the relay, so neither got a PeerConnected for the circuit it accepted (that event
+    is per peer, for the first connection), and nobody drove. The second circuit publishes
+    DuplicateConnection; the side that accepted the kept circuit (the larger id) drives then."""
+    async with relayed_pair(both_dial=True, hp_enabled=False) as (a, b):
+        assert len(a.hp._relayed_conns(b.id)) == 2 or len(b.hp._relayed_conns(a.id)) == 2
+        for p, q in ((a, b), (b, a)):
+            p.hp.enabled = True
+            p.hp._on_duplicate(DuplicateConnection(q.id))
+        await wait_until(lambda: a.hp.has_direct_connection(b.id) and b.hp.has_direct_connection(a.id), 20)
+        await wait_until(lambda: isinstance(a.hp.result(b.id), HolepunchResult)
+                         or isinstance(b.hp.result(a.id), HolepunchResult), 10)
+        larger, smaller = (a, b) if a.id.to_bytes() > b.id.to_bytes() else (b, a)
+        res = larger.hp.result(smaller.id)
+        assert isinstance(res, HolepunchResult) and res.outcome == "direct" and res.attempts == 1
+        assert smaller.hp.metrics.get("holepunch_attempts") == 0

@@ -43,7 +43,14 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 from ..addrs import AddrScope, ip_of, is_relayed, port_of, scope_of, strip_p2p
-from ..events import EventBus, NatStatusChanged, ObservedAddress, PeerConnected, Wakeup
+from ..events import (
+    DuplicateConnection,
+    EventBus,
+    NatStatusChanged,
+    ObservedAddress,
+    PeerConnected,
+    Wakeup,
+)
 from ..metrics import Metrics
 from ..multistream import LazySelect, MultistreamError, read_selected, select_message
 from ..net.frames import read_frame
@@ -158,6 +165,7 @@ class HolepunchService:
         self._wake = Wakeup()
         self._nursery: trio.Nursery | None = None
         bus.subscribe(PeerConnected, self._on_connected)
+        bus.subscribe(DuplicateConnection, self._on_duplicate)
         bus.subscribe(NatStatusChanged, self._on_nat)
         bus.subscribe(ObservedAddress, self._on_observed)
 
@@ -192,6 +200,14 @@ class HolepunchService:
             self._pending[ev.peer_id] = None
             self._wake.set()
 
+    def _on_duplicate(self, ev: DuplicateConnection) -> None:
+        """A second connection to a connected peer: PeerConnected is only published for the
+        first, and when two circuits cross, the one we accepted (which makes us the driver)
+        may be the second. :meth:`_auto_session` and :meth:`_yields` decide whether we drive."""
+        if self.enabled and len(self._pending) < self.params.max_peers:
+            self._pending[ev.peer_id] = None
+            self._wake.set()
+
     # ---- public API ---------------------------------------------------------------------------
     def result(self, peer_id: ID) -> HolepunchResult | HolepunchNotSupported | None:
         """The last session's result with ``peer_id``; :class:`HolepunchNotSupported` when the
@@ -222,7 +238,7 @@ class HolepunchService:
                     self.book.on_timer(trio.current_time())
                     pending, self._pending = list(self._pending), {}
                     for peer in pending:
-                        nursery.start_soon(self._session, peer)
+                        nursery.start_soon(self._auto_session, peer)
             finally:
                 self._nursery = None
 
@@ -245,6 +261,11 @@ class HolepunchService:
         if self.nat_type == "unknown":
             with trio.move_on_after(self.params.classify_wait):
                 await self._classified.wait()
+
+    async def _auto_session(self, peer: ID) -> None:
+        """A session the connection events asked for: only if we are the driver."""
+        if self._direct_conn(peer) is None and any(not initiated_locally(c) for c in self._relayed_conns(peer)):
+            await self._session(peer)
 
     async def _session(self, peer: ID) -> None:
         if peer in self._starting:
@@ -366,8 +387,7 @@ class HolepunchService:
         with trio.move_on_after(self.params.classify_wait):
             await self._classified.wait()
         await trio.sleep(self.params.undecided_retry)
-        if self._direct_conn(peer) is None and any(not initiated_locally(c) for c in self._relayed_conns(peer)):
-            await self._session(peer)
+        await self._auto_session(peer)
 
     async def _exchange_connect(self, peer: ID, sched: AttemptSchedule) -> tuple[_Stream | None, Connect | None]:
         stream: _Stream | None = None
