@@ -4,7 +4,8 @@ The delay after the n-th consecutive failure is ``base + step * n**2`` seconds, 
 ``cap`` (go-libp2p's dial backoff: 5 s + 1 s x tries², cap 5 min), with +-``jitter`` so a fleet
 restarted together does not re-dial in lockstep. After ``give_up_after`` consecutive failures a
 key is given up — except a key marked :meth:`keep_trying` (static peers, bootstrap nodes),
-which is retried for ever at no more than ``cap`` apart. Given-up keys come back with
+which is retried for ever at no more than ``cap`` apart, and sooner at first (1, 2, 4 s:
+:data:`KEPT_FIRST_RETRY`). Given-up keys come back with
 :meth:`reset_given_up` when connectivity returns (the dialer does that on
 :class:`~.events.ConnectivityRestored`).
 
@@ -28,6 +29,10 @@ from .config import BackoffConfig
 __all__ = ["DialBackoff", "AttemptState", "KEEP_TRYING_CAP"]
 
 KEEP_TRYING_CAP = 300.0  # a static peer or bootstrap node is re-dialed at least every 5 min
+# ... and after its n-th failure at most 1, 2, 4, ... s later while that is sooner than the
+# normal curve (5 s + n² s): a fleet started at once finds its bootstrap nodes listening ~1 s
+# later, where the normal first retry cost the NAT lab's crowd 6-8 s (#16)
+KEPT_FIRST_RETRY = 1.0
 
 
 @dataclass(slots=True)
@@ -118,7 +123,12 @@ class DialBackoff:
             st.given_up = True
             st.retry_at = float("inf")
             return float("inf")
-        delay = min(float(self.config.cap), self.delay_for(st.failures) * max(1.0, scale))
+        normal = self.delay_for(st.failures)
+        if key in self._kept:
+            # A static peer or bootstrap node that refuses us is most often one that starts a
+            # moment after us (a network restarted at once): its first retries come sooner.
+            normal = min(normal, KEPT_FIRST_RETRY * 2.0 ** (st.failures - 1))
+        delay = min(float(self.config.cap), normal * max(1.0, scale))
         if key in self._kept:
             delay = min(delay, KEEP_TRYING_CAP)
         if self.config.jitter:

@@ -52,6 +52,16 @@ def test_kept_keys_are_never_given_up_and_wait_at_most_five_minutes():
     assert b.allowed("static", 300.0)
 
 
+def test_a_kept_key_is_retried_sooner_at_first():
+    """#16: a bootstrap node that refused us has most often not started yet (a network restarted
+    at once): retries 1, 2, 4 s later, then the normal curve (5 + n² s)."""
+    b = DialBackoff(BackoffConfig(jitter=0.0, give_up_after=100), random.Random(1))
+    b.keep_trying("boot")
+    assert [b.record_failure("boot", 0.0) for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert [b.record_failure("boot", 0.0) for _ in range(2)] == [32.0, 54.0]  # then 5 + 7² < 64: the normal curve
+    assert [b.record_failure("peer", 0.0) for _ in range(2)] == [6.0, 9.0]  # other keys: as before
+
+
 def test_given_up_keys_return_when_connectivity_does():
     b = DialBackoff(BackoffConfig(give_up_after=2), random.Random(1))
     for _ in range(2):
