@@ -67,6 +67,7 @@ class MeshOptions:
     exchange_interval: float = 10.0
     workdir: Path | None = None
     quiet: bool = False
+    py_quic: bool = False  # py nodes listen on TCP and QUIC (js nodes: TCP only)
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Mesh:
     def config(self, name: str, *, network_id: str = NETWORK_ID, bootstrap_node: bool = False) -> Path:
         return py_config(self.root / f"{name}.toml", network_id=network_id, min_peers=self.opts.min_peers,
                          answer=self.opts.answer, bootstrap_node=bootstrap_node,
-                         exchange_interval=self.opts.exchange_interval)
+                         exchange_interval=self.opts.exchange_interval, quic=self.opts.py_quic)
 
     def make_py(self, name: str, bootstrap: list[str], *, network_id: str = NETWORK_ID,
                 bootstrap_node: bool = False) -> PyNode:

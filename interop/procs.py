@@ -79,12 +79,15 @@ def py_config(
     answer: int,
     bootstrap_node: bool = False,
     exchange_interval: float = 10.0,
+    quic: bool = False,
 ) -> Path:
-    """A TOML config for a loopback py node (the demo's short intervals: PEX within seconds)."""
+    """A TOML config for a loopback py node (the demo's short intervals: PEX within seconds);
+    with ``quic`` it listens on QUIC too (TCP first: that is the address printed first)."""
     target = 0 if bootstrap_node else min_peers
+    listen = '"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"' if quic else '"/ip4/127.0.0.1/tcp/0"'
     path.write_text(
         f'network_id = "{network_id}"\n'
-        'listen = ["/ip4/127.0.0.1/tcp/0"]\n'
+        f"listen = [{listen}]\n"
         "status_interval = 0.5\n"
         "[bootstrap]\n"
         f"min_peers_for_startup = {min_peers}\n"

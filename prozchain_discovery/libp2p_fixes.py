@@ -515,7 +515,8 @@ def expand_wildcard_addrs(
     """Bug 14: an ``addrs_factory`` that never advertises ``0.0.0.0`` / ``::``.
 
     ``/ip4/0.0.0.0/tcp/P`` becomes one ``/ip4/<ip>/tcp/P`` per IPv4 interface address (likewise
-    IPv6). ``extra`` adds addresses learned elsewhere (observed, UPnP), deduplicated.
+    IPv6). ``extra`` adds addresses learned elsewhere (observed, UPnP), deduplicated. TCP
+    addresses come first.
     """
 
     def factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
@@ -542,6 +543,10 @@ def expand_wildcard_addrs(
             for ip in ips:
                 if (ip.version == 6) == v6:
                     add(multiaddr.Multiaddr(f"/ip{ip.version}/{ip}{rest}"))
+        # TCP first, in a stable order: py-libp2p starts listeners concurrently, so with TCP and
+        # QUIC the order of get_addrs() changed from run to run, and whoever reads the first
+        # address (the CLI's first line, a TCP-only js peer) sometimes got QUIC.
+        out.sort(key=lambda ma: 0 if "/tcp/" in str(ma) else 1)
         return out
 
     return factory

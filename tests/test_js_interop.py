@@ -125,6 +125,18 @@ def test_mesh_script_exit_status(mesh: dict[str, Any]) -> None:
     assert mesh["code"] == 0, _explain(mesh)
 
 
+def test_py_nodes_on_tcp_and_quic_mesh_with_tcp_only_js_nodes(js_ready: None, tmp_path: Path) -> None:
+    """py nodes listening on TCP and QUIC (records carry both) with js nodes that have TCP only:
+    everyone joins, no record is rejected, PEX runs both ways (py-py pairs may use QUIC)."""
+    opts = MeshOptions(py=4, js=2, min_peers=3, answer=3, relay=None, cross_checks=False, timeout=90.0,
+                       quiet=True, workdir=tmp_path / "mesh", py_quic=True)
+    code, summary = run_mesh(opts)
+    missing = [r["name"] for r in summary["rows"] if r["join_s"] is None]
+    assert not missing and code == 0, _explain(summary)
+    assert summary["per_impl"]["py"]["rejected"] == 0 and summary["per_impl"]["js"]["rejected"] == 0
+    assert summary["per_impl"]["js"]["pex_answers_from_other"] > 0, _explain(summary)  # py answered js
+
+
 # ---- mDNS both ways ------------------------------------------------------------------------
 
 def _has_multicast_interface() -> bool:

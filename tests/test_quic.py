@@ -234,3 +234,13 @@ def test_toml_listen_with_quic(tmp_path):
     p = tmp_path / "node.toml"
     p.write_text('listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]\n')
     assert load_config(p).listen == ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
+
+
+def test_addresses_list_tcp_first():
+    # py-libp2p starts listeners concurrently: QUIC's address came first in some runs, and a
+    # reader of the first address (the CLI's first line, a TCP-only js peer) could not dial it.
+    from prozchain_discovery.libp2p_fixes import expand_wildcard_addrs
+
+    factory = expand_wildcard_addrs(interface_ips=lambda: [])
+    out = factory(_mas("/ip4/192.0.2.1/udp/4001/quic-v1", "/ip4/192.0.2.1/tcp/4001"))
+    assert [str(a) for a in out] == ["/ip4/192.0.2.1/tcp/4001", "/ip4/192.0.2.1/udp/4001/quic-v1"]
