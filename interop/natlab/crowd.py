@@ -63,6 +63,7 @@ PORT = 4001
 STUN_PORT = 3478
 NETWORK_ID = "lab-crowd"
 STATUS_INTERVAL = 0.5
+DRIVER_OUTCOMES = ("direct", "failed", "yielded", "undecided", "reversal")
 SYM_QUIET = 3.0  # a symmetric pair connected and classified, no punch running for this long: settled
 KINDS = ("cone-cone", "cone-cone-shared", "same-nat", "cone-sym", "sym-sym")
 
@@ -262,11 +263,12 @@ def _direct(st: dict[str, Any], other: CrowdNode, same_nat: bool) -> tuple[str, 
     return None
 
 
-def _relayed(st: dict[str, Any], other: CrowdNode) -> tuple[str, float | None] | None:
+def _relayed(st: dict[str, Any], other: CrowdNode) -> tuple[str, float | None, str] | None:
+    """A relayed connection to ``other``: (address, opened at, direction "in"/"out")."""
     for p in _peer_entries(st, other.peer_id):
         addr = str(p.get("addr") or "")
         if "p2p-circuit" in addr:
-            return addr, _since(st, p)
+            return addr, _since(st, p), str(p.get("direction", ""))
     return None
 
 
@@ -289,15 +291,17 @@ class PairWatch:
     relayed_at: float | None = None
     direct_at: float | None = None
     direct_addr: str | None = None
-    both_relayed_seen: bool = False  # each side listed a relayed connection to the other at once
+    # Both sides list a relayed connection to the other with the same direction (both "out": each
+    # dialed the other through a relay): two relayed connections between one pair.
+    two_relayed_seen: bool = False
     settled_at: float | None = None
     quiet_since: float | None = None  # a symmetric pair: connected, classified, no session running
 
     def observe(self, sa: dict[str, Any], sb: dict[str, Any], now: float) -> None:
         same = self.kind == "same-nat"
         ra, rb = _relayed(sa, self.b), _relayed(sb, self.a)
-        if ra and rb:
-            self.both_relayed_seen = True
+        if ra and rb and ra[2] == rb[2]:
+            self.two_relayed_seen = True
         if (ra or rb) and self.relayed_at is None:
             self.relayed_at = min((t for x in (ra, rb) if x for t in (x[1],) if t is not None), default=now)
         da, db = _direct(sa, self.b, same), _direct(sb, self.a, same)
@@ -518,9 +522,14 @@ def analyse(trial: Trial, rtt: float, delay_ms: float) -> dict[str, Any]:
             "direct": direct, "direct_addr": pw.direct_addr,
             "first_attempt": first_attempt,
             "sessions": [{**s, "at": _ts(s["at"], start)} for s in sessions],
-            "both_relayed_seen": pw.both_relayed_seen,
-            "dual_drivers": len({s["side"] for s in sessions if s["outcome"] != "not_supported"}) > 1,
+            "two_relayed_seen": pw.two_relayed_seen,
+            # a side drove if it logged a session's end, or its holepunch book shows one (a session
+            # that yielded to the peer's is not logged at INFO)
+            "drivers": sorted({s["side"] for s in sessions if s["outcome"] != "not_supported"}
+                              | {n for n, h in hp.items() if h.get("last") in DRIVER_OUTCOMES}),
+            "yielded": sorted(n for n, h in hp.items() if h.get("last") == "yielded"),
             "relayed_at_s": _ts(pw.relayed_at, start),
+            "relayed_addrs": {a.name: (_relayed(sa, b) or ("",))[0], b.name: (_relayed(sb, a) or ("",))[0]},
             "direct_at_s": _ts(direct_at, start),
             "time_to_direct_s": None if ttd is None else round(ttd, 3),
             "time_to_direct_rtt": None if ttd is None or rtt <= 0 else round(ttd / rtt, 1),
@@ -673,6 +682,11 @@ def trial_line(res: dict[str, Any]) -> str:
     bad_exit = {k: v for k, v in res["exit_codes"].items() if v != 0}
     if bad_exit:
         parts.append(f"exit {bad_exit}")
+    for p in res["pairs"]:  # why a cone pair is not direct, in one line
+        if p["kind"].startswith("cone-cone") and not p["direct"]:
+            parts.append(f"\n    {p['a']}<->{p['b']} NOT direct: met {p['met']}, drivers {p.get('drivers')}, "
+                         f"yielded {p.get('yielded')}, two relayed conns {p.get('two_relayed_seen')}, "
+                         f"sessions {[(x['side'], x['outcome'], x['attempts']) for x in p['sessions']]}")
     return " ".join(parts)
 
 
@@ -690,7 +704,8 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         k: dict[str, Any] = {
             "pairs": len(ps), "met": sum(p["met"] for p in ps), "direct": len(direct),
             "first_attempt": sum(p["first_attempt"] for p in ps),
-            "dual_drivers": sum(p["dual_drivers"] for p in ps),
+            "dual_drivers": sum(len(p.get("drivers", [])) > 1 for p in ps),
+            "two_relayed": sum(p.get("two_relayed_seen", False) for p in ps),
             "ttd_median_s": statistics.median(ttd) if ttd else None, "ttd_p90_s": _quantile(ttd, 0.9),
             "ttd_median_rtt": statistics.median(ttd_rtt) if ttd_rtt else None,
             "ttd_p90_rtt": _quantile(ttd_rtt, 0.9),
@@ -736,8 +751,10 @@ def format_summary(s: dict[str, Any], delay_ms: float, rtt_ms: float | None = No
     lines = [f"NAT lab crowd, {delay_ms:g} ms one-way delay"
              + (f" (router-to-router ping RTT {rtt_ms:.2f} ms)" if rtt_ms is not None else "")
              + f", {s['trials']} trials ({s['trials_timed_out']} hit the timeout)", "",
-             "| pair kind | pairs | met | direct | first attempt | both sides drove | time to direct "
+             "| pair kind | pairs | met | direct | first attempt | both sides drove / two relayed conns | time to direct "
              "median / p90 (s) | (RTTs) | start -> direct median / p90 (s) | punched once classified |",
+             # a pair kind's "time to direct" is the driver's own (session start -> direct), or the
+             # relayed connection's opening -> the direct one's (status.json) when it has none
              "|---|---|---|---|---|---|---|---|---|---|"]
     for kind, k in s["kinds"].items():
         punched = (f"{k['punch_attempts_once_classified']} attempts in {k['pairs_punched_once_classified']} pairs "
@@ -745,7 +762,7 @@ def format_summary(s: dict[str, Any], delay_ms: float, rtt_ms: float | None = No
                    if "punch_attempts" in k else "")
         lines.append(
             f"| {kind} | {k['pairs']} | {k['met']} | {_pct(k['direct'], k['pairs'])} | "
-            f"{_pct(k['first_attempt'], k['pairs'])} | {k['dual_drivers']} | "
+            f"{_pct(k['first_attempt'], k['pairs'])} | {k['dual_drivers']} / {k.get('two_relayed', 0)} | "
             f"{_f(k['ttd_median_s'])} / {_f(k['ttd_p90_s'])} | {_f(k['ttd_median_rtt'], '.1f')} / "
             f"{_f(k['ttd_p90_rtt'], '.1f')} | {_f(k['start_to_direct_median_s'])} / "
             f"{_f(k['start_to_direct_p90_s'])} | {punched} |")
