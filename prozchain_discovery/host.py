@@ -115,8 +115,12 @@ def make_host(
     listen_addrs: Sequence[str | multiaddr.Multiaddr] = ("/ip4/127.0.0.1/tcp/0",),
     dial_timeout: float = 10.0,
     extra_addrs: Callable[[], list[multiaddr.Multiaddr]] | None = None,
+    enable_quic: bool = False,
 ) -> IHost:
     """A py-libp2p 0.8.1 host with the defaults this project relies on (module docstring).
+
+    ``enable_quic`` gives a host that listens nowhere a QUIC transport beside TCP, to dial QUIC
+    (AutoNAT's dial-back host); a QUIC listen address adds QUIC anyway.
 
     Raises :class:`~prozchain_discovery.libp2p_fixes.Libp2pPatchError` if the installed
     py-libp2p lacks something a workaround patches (another version than the pinned 0.8.1).
@@ -132,6 +136,9 @@ def make_host(
         addrs_factory=libp2p_fixes.expand_wildcard_addrs(extra=extra_addrs),
         enable_mDNS=False,  # ours runs off the trio loop (bootstrap/mdns.py)
         enable_upnp=False,
+        # Only without listen addresses: with some, py-libp2p's enable_quic *replaces* the TCP
+        # transport by QUIC when none of them is QUIC.
+        enable_quic=enable_quic and not listen_addrs,
     )
     libp2p_fixes.disable_auto_connector(host)
     libp2p_fixes.no_swarm_retries(host)

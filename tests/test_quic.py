@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import multiaddr
@@ -244,3 +245,51 @@ def test_addresses_list_tcp_first():
     factory = expand_wildcard_addrs(interface_ips=lambda: [])
     out = factory(_mas("/ip4/192.0.2.1/udp/4001/quic-v1", "/ip4/192.0.2.1/tcp/4001"))
     assert [str(a) for a in out] == ["/ip4/192.0.2.1/tcp/4001", "/ip4/192.0.2.1/udp/4001/quic-v1"]
+
+
+async def test_autonat_v2_probes_a_quic_address():
+    """Our AutoNAT client asks about its QUIC address too; our server dials it back over QUIC."""
+    from contextlib import AsyncExitStack
+
+    from prozchain_discovery.nat.autonat_core import ProbeOutcome
+    from prozchain_discovery.service import DiscoveryService
+    from tests.netutil import addr_of, wait_until
+    from tests.test_autonat import _cfg
+
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for config in (_cfg(client=False), None):
+            h = make_host(listen_addrs=[TCP, QUIC])
+            await stack.enter_async_context(run_host(h, _mas(TCP, QUIC)))
+            if config is None:
+                config = _cfg(bootstrap=(addr_of(nodes[0]),), client=False)
+            nodes.append(await stack.enter_async_context(DiscoveryService(h, config).run()))
+        server, client = nodes
+        await wait_until(lambda: server.local_id in client.connected, timeout=20)
+        quic_addr = str(_quic_addrs(client.host)[0])
+        assert quic_addr in client.autonat.candidates()
+        assert await client.autonat.probe(server.local_id, quic_addr) is ProbeOutcome.REACHABLE
+        assert server.metrics.get("autonat_dial_backs", result="ok") == 1
+        # a UDP port where nothing listens: unreachable, not "reachable over the open connection"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            closed = f"/ip4/127.0.0.1/udp/{s.getsockname()[1]}/quic-v1"
+        assert await client.autonat.probe(server.local_id, closed) is ProbeOutcome.UNREACHABLE
+
+
+def test_autonat_server_takes_quic_only_when_it_can_dial_it():
+    from prozchain_discovery.nat.autonat_core import (
+        AutonatServerPolicy,
+        ServerVerdict,
+        dialable_addr,
+    )
+
+    quic = multiaddr.Multiaddr("/ip4/192.0.2.1/udp/4001/quic-v1").to_bytes()
+    tcp = multiaddr.Multiaddr("/ip4/192.0.2.1/tcp/4001").to_bytes()
+    assert dialable_addr(quic, False) == "/ip4/192.0.2.1/udp/4001/quic-v1"
+    assert dialable_addr(quic, False, quic=False) is None
+    assert dialable_addr(multiaddr.Multiaddr("/ip4/192.0.2.1/udp/4001/quic").to_bytes(), False) is None
+    policy = AutonatServerPolicy(allow_private=False)
+    assert policy.decide([quic, tcp], "192.0.2.1", 0.0, quic=True).idx == 0
+    picked = policy.decide([quic, tcp], "192.0.2.1", 0.0, quic=False)
+    assert picked.verdict is ServerVerdict.DIAL and picked.idx == 1

@@ -72,7 +72,7 @@ from .autonat_core import (
     Probe,
     ProbeOutcome,
     ServerVerdict,
-    dialable_tcp,
+    dialable_addr,
 )
 from .status import Reachability
 
@@ -145,6 +145,9 @@ class AutonatService:
             confirmations=confirmations, reprobe_interval=reprobe_interval, label=_short,
         )
         self.dialer_factory = dialer_factory or _default_dialer
+        # The default dial-back host has a QUIC transport; an injected one may not: QUIC
+        # addresses are then refused, not answered "unreachable".
+        self.dial_quic = dialer_factory is None
         # The root's dial filter (PROZCHAIN_DIAL_LOOPBACK_ONLY): dial-backs obey it like any dial.
         self.addr_filter = addr_filter
         self.dialer: IHost | None = None
@@ -243,18 +246,20 @@ class AutonatService:
         listen = [strip_p2p(a) for a in self.host.get_addrs()]
         texts = [str(a) for a in listen] + list(self._external)
         ports = sorted({p for a in listen if (p := port_of(a)) and "/tcp/" in str(a)})
+        quic_ports = sorted({p for a in listen if (p := port_of(a)) and str(a).endswith("/quic-v1")})
         for ip, reporters in reversed(self._observed.items()):
             if len(reporters) < OBSERVED_MIN_REPORTERS:
                 continue
             proto = "ip6" if ":" in ip else "ip4"
             texts += [f"/{proto}/{ip}/tcp/{p}" for p in ports]
+            texts += [f"/{proto}/{ip}/udp/{p}/quic-v1" for p in quic_ports]
         out: list[str] = []
         for t in texts:
             try:
                 raw = multiaddr.Multiaddr(t).to_bytes()
             except Exception:
                 continue
-            ok = dialable_tcp(raw, self.allow_private)
+            ok = dialable_addr(raw, self.allow_private)
             if ok is not None and ok not in out:
                 out.append(ok)
         return out
@@ -424,6 +429,7 @@ class AutonatService:
         obs_ip = ip_of(observed) if observed is not None else None
         decision = self.server_policy.decide(
             msg.addrs, None if obs_ip is None else str(obs_ip), trio.current_time(), self._can_dial,
+            quic=self.dial_quic,
         )
         if decision.verdict is ServerVerdict.REFUSE:
             await stream.write(frame_message(DialResponse(ResponseStatus.E_DIAL_REFUSED)))
@@ -542,7 +548,7 @@ async def _default_dialer() -> AsyncIterator[IHost]:
     from ..host import make_host
     from ..libp2p_fixes import run_host
 
-    dialer = make_host(listen_addrs=())
+    dialer = make_host(listen_addrs=(), enable_quic=True)  # dials back TCP and QUIC
     async with run_host(dialer, []):
         yield dialer
 

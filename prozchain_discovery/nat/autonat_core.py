@@ -32,8 +32,8 @@ Server (:class:`AutonatServerPolicy`) — whether to serve a request and what to
 1. Rate limits before reading the request: ``global_rpm`` (30) per minute, ``per_peer_rpm``
    (3) per peer per minute (AutoNAT v1's anchors), one request at a time per peer, and
    ``dial_data_rpm`` requests that need dial data.
-2. The first address in the request that is a plain TCP address in a scope we dial:
-   public only, unless ``allow_private`` (a server on a private or loopback network: labs,
+2. The first address in the request that is a plain TCP or QUIC (``/udp/P/quic-v1``) address
+   in a scope we dial (QUIC only if the server can dial QUIC): public only, unless ``allow_private`` (a server on a private or loopback network: labs,
    tests). Nothing else in the list is ever dialed.
 3. Amplification guard: if that address's IP differs from the requester's observed IP, the
    requester first pays ``MIN_DIAL_DATA``..``MAX_DIAL_DATA`` bytes; one that does not pay is
@@ -61,6 +61,7 @@ __all__ = [
     "ServerDecision",
     "AutonatServerPolicy",
     "dialable_tcp",
+    "dialable_addr",
     "MAX_TRACKED_ADDRS",
 ]
 
@@ -311,13 +312,21 @@ class ServerDecision:
 
 def dialable_tcp(addr: bytes, allow_private: bool) -> str | None:
     """``addr`` as text if it is ``/ip4|ip6/A/tcp/P`` in a scope we dial back, else None."""
+    return dialable_addr(addr, allow_private, quic=False)
+
+
+def dialable_addr(addr: bytes, allow_private: bool, quic: bool = True) -> str | None:
+    """``addr`` as text if it is ``/ip4|ip6/A/tcp/P`` (or, with ``quic``,
+    ``/ip4|ip6/A/udp/P/quic-v1``) in a scope we dial back, else None."""
     try:
         ma = parse_multiaddr(addr)
         text = str(ma)
         protos = [p.name for p in ma.protocols()]
     except Exception:  # bytes from the network: anything may be wrong with them
         return None
-    if len(protos) != 2 or protos[0] not in ("ip4", "ip6") or protos[1] != "tcp":
+    if not protos or protos[0] not in ("ip4", "ip6"):
+        return None
+    if protos[1:] != ["tcp"] and not (quic and protos[1:] == ["udp", "quic-v1"]):
         return None
     scope = scope_of(ma)
     if scope is AddrScope.PUBLIC:
@@ -387,10 +396,12 @@ class AutonatServerPolicy:
         observed_ip: str | None,
         now: float,
         can_dial: Callable[[str], bool] = lambda _a: True,
+        quic: bool = False,
     ) -> ServerDecision:
-        """What to do with an admitted request (module docstring, points 2 and 3)."""
+        """What to do with an admitted request (module docstring, points 2 and 3); ``quic``:
+        the server can dial QUIC addresses."""
         for idx, raw in enumerate(addrs):
-            text = dialable_tcp(raw, self.allow_private)
+            text = dialable_addr(raw, self.allow_private, quic=quic)
             if text is None or not can_dial(text):
                 continue
             ip = ip_of(parse_multiaddr(text))
