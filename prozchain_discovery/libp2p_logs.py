@@ -5,7 +5,8 @@ handler of the application's. :func:`route_libp2p_logs` (called by the CLI, not 
 its records at ``level`` and above to ``prozchain_discovery.libp2p.<module>``, at most
 ``rate_per_minute`` per message template (then one "suppressed K similar" record), with
 :data:`SHUTDOWN_NOISE` — what py-libp2p logs at ERROR for every stream torn down under it —
-demoted to DEBUG.
+and :data:`TEARDOWN_NOISE` — what it logs at WARNING/ERROR for circuits, relayed connections
+and punches ending normally, and peers going away — demoted to DEBUG, the latter counted.
 
 :func:`hold_noisy_loggers` (also the CLI's call) keeps dependencies that trace their internals
 at DEBUG (:data:`NOISY_LOGGERS`, item 20 of the notes) at INFO, so ``--log-level DEBUG`` shows
@@ -25,6 +26,9 @@ __all__ = [
     "LIBP2P_LOGGER",
     "NOISY_LOGGERS",
     "SHUTDOWN_NOISE",
+    "TEARDOWN_NOISE",
+    "demoted_counts",
+    "noise_kind",
     "RateLimitFilter",
     "Libp2pLogRouter",
     "route_libp2p_logs",
@@ -54,6 +58,65 @@ SHUTDOWN_NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
     # Swarm.add_conn cancelled because the host is stopping
     ("libp2p.network.swarm", re.compile(r"\[ADDCONN_FAIL\] add_conn failed for peer \S+: Cancelled\(")),
 )
+
+# What py-libp2p 0.8.1 logs at WARNING/ERROR in the normal life of relayed connections, circuits
+# and hole punches, and when peers go away (issue #16: a relay logged 86 ERROR lines in three
+# minutes of a healthy crowd): (kind, logger name prefix, pattern at the start of the message).
+# Each is demoted to DEBUG and counted by kind (:func:`demoted_counts`, exported by every
+# :class:`~.metrics.Metrics` as ``libp2p_records_demoted``). The caller of the failed operation
+# gets an exception and counts it where it matters (dial failures, relay_circuits_ended ...).
+TEARDOWN_NOISE: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    # CircuitV2Transport.dial looks in py-libp2p's peerstore for circuit addresses of a peer it
+    # never stored (our Dialer passes the address): one per circuit dial.
+    ("circuit_dial_peerstore", "libp2p.relay.circuit_v2.transport",
+     re.compile(r"Failed to fetch stored addresses for peer \S+: 'peer ID not found'")),
+    # ... and the relay went away or refused the stream
+    ("circuit_dial_relay_gone", "libp2p.relay.circuit_v2.transport", re.compile(r"Failed to open stream to relay ")),
+    # Our relay (upstream's CONNECT handler): the target went away, or refused or ignored STOP
+    ("circuit_target_gone", "libp2p.relay.circuit_v2.protocol",
+     re.compile(r"(Error establishing relay connection: |Destination rejected connection: )")),
+    # Upstream's stop and hop handlers, where they still run (ours replace them: relay/hop.py)
+    ("circuit_handshake_failed", "libp2p.relay.circuit_v2.protocol", re.compile(r"Error handling stop stream: ")),
+    ("hop_stream_ended", "libp2p.relay.circuit_v2.protocol",
+     re.compile(r"(Error reading from hop stream from |Unexpected error reading from stream: |Error relaying data: )")),
+    # A Yamux window update on a relayed connection whose circuit was closed (after a punch):
+    # libp2p_fixes.yamux_window_hysteresis keeps the data read; the connection is going.
+    ("yamux_window_update_closed", "libp2p.stream_muxer.yamux",
+     re.compile(r"Stream \d+: Unexpected error during window update")),
+    # An outbound upgrade that failed (a punch or circuit that lost its race, a peer that went
+    # away mid-handshake): the dial fails and the dialer counts it. py-libp2p already logs the
+    # inbound one at DEBUG ("expected churn").
+    ("upgrade_failed", "libp2p.network.swarm",
+     re.compile(r"(failed to upgrade security for peer |fail(ed)? to upgrade mux for peer )")),
+    # A dial to a peer that stopped (make demo's teardown: nodes redial stopped nodes), and a
+    # punch dial from our listen port while that 4-tuple is taken (both sides punched at once)
+    ("tcp_dial_failed", "libp2p.transport.tcp", re.compile(r"Failed to open TCP stream: ")),
+    ("tcp_dial_failed", "libp2p.transport.tcp",
+     re.compile(r"Unexpected error opening TCP stream: Failed to connect \S+ from \S+: \[Errno (98|99|111|113)\]")),
+)
+
+_demoted: dict[str, int] = {}  # kind -> records demoted in this process
+
+
+def demoted_counts() -> dict[str, int]:
+    """How many py-libp2p records :data:`TEARDOWN_NOISE` demoted, by kind, in this process
+    (py-libp2p's records do not say which host logged them)."""
+    return dict(_demoted)
+
+
+def noise_kind(record: logging.LogRecord) -> str | None:
+    """The :data:`TEARDOWN_NOISE` kind of ``record`` (WARNING and above), or None."""
+    if record.levelno < logging.WARNING:
+        return None
+    message: str | None = None
+    for kind, prefix, pattern in TEARDOWN_NOISE:
+        if record.name.startswith(prefix):
+            if message is None:
+                message = record.getMessage()
+            if pattern.match(message):
+                return kind
+    return None
+
 
 # Dependencies whose DEBUG records trace their internals, not events: multiaddr logs each step
 # of encoding or decoding every field of every address ("[DEBUG CID to_bytes] ...", "[DEBUG
@@ -178,7 +241,10 @@ class Libp2pLogRouter(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         rec = copy.copy(record)  # other handlers on libp2p's loggers see the original
-        if is_shutdown_noise(rec):
+        kind = noise_kind(rec)
+        if kind is not None:
+            _demoted[kind] = _demoted.get(kind, 0) + 1
+        if kind is not None or is_shutdown_noise(rec):
             rec.levelno, rec.levelname = logging.DEBUG, "DEBUG"
         target = _target_logger(rec.name)
         if not target.isEnabledFor(rec.levelno):
@@ -212,6 +278,11 @@ def route_libp2p_logs(level: int = logging.WARNING, *, rate_per_minute: int = 10
     a second call replaces the :class:`Libp2pLogRouter` of the first. libp2p's logger keeps
     ``propagate=False``, so nothing is printed twice.
     """
+    # Importing libp2p runs its setup_logging(), which clears the ``libp2p`` logger's handlers:
+    # a router attached before that import (the CLI sets logging up before it loads the host)
+    # was wiped, and every py-libp2p record went bare to logging.lastResort (issue #16).
+    import libp2p  # noqa: F401
+
     lg = logging.getLogger("libp2p")
     for old in [h for h in lg.handlers if isinstance(h, Libp2pLogRouter)]:
         lg.removeHandler(old)

@@ -16,6 +16,8 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .libp2p_logs import demoted_counts
+
 __all__ = ["Metrics", "serve_metrics", "parse_listen", "PREFIX"]
 
 log = logging.getLogger("prozchain_discovery.metrics")
@@ -57,6 +59,10 @@ HELP = {
     "relay_reservations_refused": "Circuit relay reservations refused, by reason (spoofed, relay_full, per_ip)",
     "relay_reservations_active": "Reservations our relay holds now",
     "relay_circuits_cut": "Relayed connections cut at a limit, by limit (data, duration)",
+    "relay_circuits_ended": "Relayed connections through our relay that ended normally, by how (eof, reset)",
+    "relay_hop_failures": "Hop requests to our relay that never came whole, by reason (closed, timeout, malformed)",
+    "relay_stop_failures": "Circuits to us that failed before their handshake completed, by step",
+    "libp2p_records_demoted": "py-libp2p WARNING/ERROR records of normal teardown logged at DEBUG, by kind (whole process)",
     "relay_serving": "1 while we serve circuit relay hop",
     "autorelay_reservations": "Reservations we made on relays (new, renewal)",
     "autorelay_reservation_failures": "Reservations on relays that failed, by relay status code (0: no answer)",
@@ -85,6 +91,8 @@ class Metrics:
         # The same numbers for status.json and tests: (name, sorted labels) -> value.
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._gauge_values: dict[str, float] = {}
+        # py-libp2p's teardown records demoted by libp2p_logs (process-wide): counted from now.
+        self._demoted_seen: dict[str, int] = demoted_counts()
 
     @staticmethod
     def _labels(name: str, known: tuple[str, ...] | None, labels: dict[str, str]) -> tuple[str, ...]:
@@ -131,13 +139,24 @@ class Metrics:
             key = (name + suffix, tuple(sorted(labels.items())))
             self._values[key] = self._values.get(key, 0) + value
 
+    def _follow_demoted(self) -> None:
+        """Bring ``libp2p_records_demoted`` up to libp2p_logs' process-wide counts."""
+        for kind, n in demoted_counts().items():
+            seen = self._demoted_seen.get(kind, 0)
+            if n > seen:
+                self._demoted_seen[kind] = n
+                self.inc("libp2p_records_demoted", n - seen, kind=kind)
+
     def get(self, name: str, **labels: str) -> int:
         """A counter's value for ``labels``, or its sum over all labels when none are given."""
+        if name == "libp2p_records_demoted":
+            self._follow_demoted()
         if labels:
             return int(self._values.get((name, tuple(sorted(labels.items()))), 0))
         return int(sum(v for (n, _), v in self._values.items() if n == name))
 
     def as_dict(self) -> dict[str, object]:
+        self._follow_demoted()
         out: dict[str, object] = {}
         for (name, labels), value in sorted(self._values.items()):
             key = name + ("{" + ",".join(f"{k}={v}" for k, v in labels) + "}" if labels else "")
@@ -146,6 +165,7 @@ class Metrics:
         return out
 
     def prometheus(self) -> str:
+        self._follow_demoted()
         return generate_latest(self.registry).decode()
 
 
