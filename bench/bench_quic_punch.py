@@ -8,9 +8,10 @@ bare TCP SYNs (interop/natlab/lab.py ``tcp_syn_drop``): no TCP simultaneous open
 
 Per mode and delay: direct (between the two routers' WAN addresses), the transport of the
 direct connection, first-attempt share, time from the relayed connection to the direct one.
+Each trial starts once both clients know their WAN IP (``--cold``: at once).
 
 Run (root): .venv/bin/python bench/bench_quic_punch.py --prefix pzq- [--trials 10]
-            [--delays 0,25] [--modes quic,tcp,both] [--syn-drop]
+            [--delays 0,25] [--modes quic,tcp,both] [--syn-drop] [--cold]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def kind(addr: str | None) -> str:
     return "quic" if "/udp/" in addr else "tcp"
 
 
-def summarize(lab: Lab, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(lab: Lab, rows: list[dict[str, Any]], delay_ms: float = 0.0) -> dict[str, Any]:
     wan_a, wan_b = lab.hosts[A_NS].public_ip, lab.hosts[B_NS].public_ip
     ok = [r for r in rows if r["a"]["direct"] and f"/ip4/{wan_b}/" in r["a"]["direct"]
           and r["b"]["direct"] and f"/ip4/{wan_a}/" in r["b"]["direct"]]
@@ -53,6 +54,8 @@ def summarize(lab: Lab, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "relayed_to_direct_s_median": round(statistics.median(t), 3) if t else None,
         "relayed_to_direct_s_p90": round(t[int(0.9 * (len(t) - 1))], 3) if t else None,
         "results": sorted({(r["a"]["result"] or {}).get("result", "none") for r in rows}),
+        # in round trips of the direct path (2 x the one-way delay; the lab's own ~0.1 ms aside)
+        "median_in_direct_rtts": round(statistics.median(t) / (2 * delay_ms / 1000), 1) if t and delay_ms else None,
     }
 
 
@@ -65,6 +68,9 @@ def main() -> None:
     p.add_argument("--syn-drop", action="store_true", help="cone routers drop inbound bare TCP SYNs")
     p.add_argument("--timeout", type=float, default=15.0)
     p.add_argument("--json", action="store_true", help="also print every trial as JSON")
+    p.add_argument("--cold", action="store_true",
+                   help="start each trial at once, before identify told the clients their WAN IP "
+                        "(the first attempt then has no public address to punch to)")
     args = p.parse_args()
     if args.prefix == "pzl-":
         p.error("pzl- is the test suite's lab; use your own prefix")
@@ -81,16 +87,16 @@ def main() -> None:
                     for _ in range(args.trials):
                         port += 1
                         rows.append(trial(pair, port, timeout=args.timeout, migration=False,
-                                          transports=MODES[mode]))
+                                          transports=MODES[mode], wait_wan=not args.cold))
                 key = f"{mode} @ {delay:g} ms"
-                out[key] = summarize(lab, rows)
+                out[key] = summarize(lab, rows, delay)
                 print(f"{key:16} {json.dumps(out[key])}", flush=True)
                 if args.json:
                     for r in rows:
                         print("  " + json.dumps(r), flush=True)
     finally:
         lab.down()
-    print(json.dumps({"syn_drop": args.syn_drop, "trials": args.trials, "results": out}))
+    print(json.dumps({"syn_drop": args.syn_drop, "cold": args.cold, "trials": args.trials, "results": out}))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@
 * ``{"cmd": "up", "port": P, "transports": ["tcp", "quic"]}`` — a fresh host listening on
   0.0.0.0:P, TCP and/or UDP (QUIC; ``transports`` defaults to TCP only) (a fresh port per trial:
   the last trial's 4-tuple may still sit in TIME_WAIT), connected to the relay with a
-  reservation, with the hole-punch component (``HolepunchService``) mounted as the composition
+  reservation (with ``"wait_wan": true``, answered once identify told it its WAN IP, at most
+  3 s: a trial then measures the punch, not the race with the relay's identify), with the
+  hole-punch component (``HolepunchService``) mounted as the composition
   root mounts it: a ``ConnectionTracker`` publishing ``PeerConnected``, ``NatStatusChanged``
   with the classification. Answers ``{"peer_id", "circuit"}``.
 * ``{"cmd": "dial", "circuit": C}`` — dial the other client through the relay (the other side,
@@ -85,7 +87,7 @@ class Trial:
         self.relay_info = info_from_p2p_addr(self.relay)
         self.relayed_at: dict[ID, float] = {}
 
-    async def run(self, port: int, transports: list[str] | None = None,
+    async def run(self, port: int, transports: list[str] | None = None, wait_wan: bool = False,
                   task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport
         from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
@@ -114,7 +116,12 @@ class Trial:
                 with contextlib.suppress(Exception):
                     await s.close()
                 circuit = f"{self.relay}/p2p-circuit/p2p/{host.get_id()}"
-                task_status.started({"peer_id": str(host.get_id()), "circuit": circuit, "reserved": ok})
+                if wait_wan:
+                    with trio.move_on_after(3.0):
+                        while not hp._wan_ips():
+                            await trio.sleep(0.02)
+                task_status.started({"peer_id": str(host.get_id()), "circuit": circuit, "reserved": ok,
+                                     "wan_ips": sorted(hp._wan_ips())})
                 self.stop = trio.Event()
                 await self.stop.wait()
                 nursery.cancel_scope.cancel()
@@ -194,7 +201,8 @@ async def client_main(stun: str, relay: str) -> None:
             try:
                 if cmd["cmd"] == "up":
                     trial = Trial(nat, relay)
-                    info = await nursery.start(trial.run, int(cmd["port"]), list(cmd.get("transports", ["tcp"])))
+                    info = await nursery.start(trial.run, int(cmd["port"]), list(cmd.get("transports", ["tcp"])),
+                                               bool(cmd.get("wait_wan", False)))
                     emit(info)
                 elif cmd["cmd"] == "dial" and trial is not None:
                     emit(await trial.dial(cmd["circuit"]))

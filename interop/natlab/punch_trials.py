@@ -85,14 +85,15 @@ def punch_pair(lab: Lab, a_ns: str, b_ns: str, relay_transports: tuple[str, ...]
 
 
 def trial(pair: Pair, port: int, timeout: float = 20.0, migration: bool = True,
-          transports: tuple[str, ...] = ("tcp",)) -> dict[str, Any]:
+          transports: tuple[str, ...] = ("tcp",), wait_wan: bool = False) -> dict[str, Any]:
     """One trial: fresh hosts on ``port`` on both sides, b dials a through the relay, both wait
     for a direct connection (a drives) and a for its result. With ``migration``, a also waits for
     the relayed connection to close (``relay_close_grace``, 2 s). b waits for neither: only the
     driver records a result, and the relayed connection closes for both at once. ``transports``:
-    what both clients listen and punch on (tcp, quic)."""
-    ia = pair.a.cmd(cmd="up", port=port, transports=list(transports))
-    ib = pair.b.cmd(cmd="up", port=port, transports=list(transports))
+    what both clients listen and punch on (tcp, quic). ``wait_wan``: each client starts the
+    trial once identify told it its WAN IP (punch_node.py), so the first CONNECT carries it."""
+    ia = pair.a.cmd(cmd="up", port=port, transports=list(transports), wait_wan=wait_wan)
+    ib = pair.b.cmd(cmd="up", port=port, transports=list(transports), wait_wan=wait_wan)
     try:
         pair.b.cmd(cmd="dial", circuit=ia["circuit"])
         ra = pair.a.cmd(cmd="wait", peer=ib["peer_id"], timeout=timeout, migration=migration)
