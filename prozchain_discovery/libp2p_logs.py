@@ -88,6 +88,9 @@ TEARDOWN_NOISE: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     # inbound one at DEBUG ("expected churn").
     ("upgrade_failed", "libp2p.network.swarm",
      re.compile(r"(failed to upgrade security for peer |fail(ed)? to upgrade mux for peer )")),
+    # Our identify push (addresses or protocols changed) to a peer that has just gone, e.g. a
+    # short-lived AutoNAT dial-back identity: nothing to act on, the next identify catches up
+    ("identify_push_failed", "libp2p.identity.identify_push", re.compile(r"Error pushing identify to peer ")),
     # A dial to a peer that stopped (make demo's teardown: nodes redial stopped nodes), and a
     # punch dial from our listen port while that 4-tuple is taken (both sides punched at once)
     ("tcp_dial_failed", "libp2p.transport.tcp", re.compile(r"Failed to open TCP stream: ")),

@@ -97,6 +97,8 @@ TEARDOWN = [
      "Stream 3: Unexpected error during window update: "),
     ("upgrade_failed", "libp2p.network.swarm", logging.ERROR,
      f"failed to upgrade security for peer {PID}: failed to negotiate the secure protocol"),
+    ("identify_push_failed", "libp2p.identity.identify_push.identify_push", logging.ERROR,
+     f"Error pushing identify to peer {PID}: No valid connections available for peer {PID}"),
     ("tcp_dial_failed", "libp2p.transport.tcp.tcp", logging.ERROR,
      "Failed to open TCP stream: [Errno 111] Connect call failed ('198.51.100.7', 4001)"),
     ("tcp_dial_failed", "libp2p.transport.tcp.tcp", logging.ERROR,
