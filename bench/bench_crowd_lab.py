@@ -90,8 +90,10 @@ def goals_table(rows: list[tuple[float, dict[str, Any], str]]) -> str:
         k = cc(s)
         if k.get("ttd_median_s") is None:
             return "-"
-        return (f"{k['ttd_median_s']:.2f} / {k['ttd_p90_s']:.2f} s = {k['ttd_median_rtt']:.1f} / "
-                f"{k['ttd_p90_rtt']:.1f} RTT")
+        text = f"{k['ttd_median_s']:.2f} / {k['ttd_p90_s']:.2f} s"
+        if s.get("rtt_ms", 0) >= 1:  # at 0 ms the RTT is ~0.1 ms: RTTs say nothing
+            text += f" = {k['ttd_median_rtt']:.1f} / {k['ttd_p90_rtt']:.1f} RTT"
+        return text
 
     def s2d(s: dict[str, Any]) -> str:
         k = cc(s)
@@ -146,6 +148,7 @@ def main() -> None:
                                      progress=lambda m: print(m, file=sys.stderr, flush=True), stop_at=stop_at)
                 s = summarize(results)
                 rtt = results[0]["rtt_ms"] if results else None
+                s["rtt_ms"] = rtt or 0.0
                 print(format_summary(s, delay, rtt), flush=True)
                 print(flush=True)
                 cmd = ["python", "-m", "interop.natlab.crowd", "--trials", str(len(results)), "--delay-ms",
