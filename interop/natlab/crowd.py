@@ -756,6 +756,11 @@ def format_summary(s: dict[str, Any], delay_ms: float, rtt_ms: float | None = No
              # a pair kind's "time to direct" is the driver's own (session start -> direct), or the
              # relayed connection's opening -> the direct one's (status.json) when it has none
              "|---|---|---|---|---|---|---|---|---|---|"]
+    def rtts(k: dict[str, Any]) -> str:  # at 0 ms the RTT is ~0.1 ms: RTTs say nothing there
+        if rtt_ms is not None and rtt_ms < 1:
+            return "-"
+        return f"{_f(k['ttd_median_rtt'], '.1f')} / {_f(k['ttd_p90_rtt'], '.1f')}"
+
     for kind, k in s["kinds"].items():
         punched = (f"{k['punch_attempts_once_classified']} attempts in {k['pairs_punched_once_classified']} pairs "
                    f"(all attempts {k['punch_attempts']}); sym sides classified {k['sym_sides_classified']}"
@@ -763,8 +768,7 @@ def format_summary(s: dict[str, Any], delay_ms: float, rtt_ms: float | None = No
         lines.append(
             f"| {kind} | {k['pairs']} | {k['met']} | {_pct(k['direct'], k['pairs'])} | "
             f"{_pct(k['first_attempt'], k['pairs'])} | {k['dual_drivers']} / {k.get('two_relayed', 0)} | "
-            f"{_f(k['ttd_median_s'])} / {_f(k['ttd_p90_s'])} | {_f(k['ttd_median_rtt'], '.1f')} / "
-            f"{_f(k['ttd_p90_rtt'], '.1f')} | {_f(k['start_to_direct_median_s'])} / "
+            f"{_f(k['ttd_median_s'])} / {_f(k['ttd_p90_s'])} | {rtts(k)} | {_f(k['start_to_direct_median_s'])} / "
             f"{_f(k['start_to_direct_p90_s'])} | {punched} |")
     lines += ["",
               f"relay connections lost: {s['relay_lost']} (in {s['trials_with_relay_lost']} trials); "
