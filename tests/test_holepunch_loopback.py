@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 
 import multiaddr
 import pytest
@@ -248,3 +249,56 @@ async def test_crossing_circuits_whose_first_connection_was_our_own_dial_still_g
         res = larger.hp.result(smaller.id)
         assert isinstance(res, HolepunchResult) and res.outcome == "direct" and res.attempts == 1
         assert smaller.hp.metrics.get("holepunch_attempts") == 0
+
+
+def _tcp_states(local_port: int, remote_port: int) -> set[str]:
+    """Kernel TCP states (/proc/net/tcp, hex codes) of sockets with this local and remote port."""
+    out = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if int(parts[1].split(":")[1], 16) == local_port and int(parts[2].split(":")[1], 16) == remote_port:
+                out.add(parts[3])
+    return out
+
+
+@pytest.mark.parametrize("abort", [False, True])
+async def test_a_punch_connection_that_loses_its_race_does_not_block_the_next_punch(abort):
+    """Seen in the crowd lab (#16): a punched TCP connection closed after losing its race (upgrade
+    failed, another dial won) left its 4-tuple in TIME_WAIT on the side that closed it, and every
+    later punch from the same listen port to the same peer failed with EADDRNOTAVAIL for a
+    minute (off loopback; Linux reuses TIME_WAIT on loopback only). The hole puncher now closes a
+    losing punch connection with RST (abortive_close): no socket is left on the 4-tuple."""
+    from libp2p.transport.tcp.tcp import TCP
+
+    from prozchain_discovery.net.sockets import abortive_close
+
+    accepted: list[trio.SocketStream] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        target = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")
+        src_sock = trio.socket.socket()
+        src_sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        src_sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await src_sock.bind(("127.0.0.1", 0))  # stands for our listen socket (SO_REUSEPORT)
+        src_sock.listen()
+        source = src_sock.getsockname()
+        raw = await TCP().dial_with_source(target, source)
+        await wait_until(lambda: len(accepted) == 1, 5)
+        assert _tcp_states(source[1], port) == {"01"}  # ESTABLISHED
+        if abort:
+            assert abortive_close(raw)
+        await raw.close()  # we close first: the 4-tuple stays ours (FIN_WAIT/TIME_WAIT)...
+        await wait_until(lambda: "01" not in _tcp_states(source[1], port), 5)
+        if abort:
+            assert _tcp_states(source[1], port) == set()  # ... unless the close was a reset
+        else:
+            assert _tcp_states(source[1], port) & {"04", "05", "06"}  # FIN_WAIT1/2, TIME_WAIT
+        src_sock.close()
+        nursery.cancel_scope.cancel()

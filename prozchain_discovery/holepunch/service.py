@@ -54,7 +54,7 @@ from ..events import (
 from ..metrics import Metrics
 from ..multistream import LazySelect, MultistreamError, read_selected, select_message
 from ..net.frames import read_frame
-from ..net.sockets import initiated_locally, is_relayed_conn
+from ..net.sockets import abortive_close, initiated_locally, is_relayed_conn
 from ..wire.framing import FrameError
 from .messages import (
     PROTOCOL_ID,
@@ -574,6 +574,8 @@ class HolepunchService:
     async def _dial_one(self, peer: ID, addr: Multiaddr, source: tuple[str, int] | None,
                         as_server: bool, won: list[str], scope: trio.CancelScope) -> None:
         swarm: Any = self.host.get_network()
+        raw: Any = None
+        won_it = False
         try:
             transport = swarm.transport_manager.transport_for_dialing(addr)
             if transport is None:
@@ -583,6 +585,10 @@ class HolepunchService:
                 raw = await dial_from(addr, source)
             else:
                 raw = await transport.dial(addr)
+            # Until it wins, closing this connection resets it: a lost race must not leave the
+            # 4-tuple (our listen port, the peer's) in TIME_WAIT, where every later punch
+            # between the two would fail with EADDRNOTAVAIL (seen in the crowd lab).
+            abortive_close(raw)
             if as_server:
                 muxed = await swarm.upgrade_inbound_raw_conn(raw, addr)
                 if getattr(muxed, "peer_id", None) != peer:
@@ -592,12 +598,21 @@ class HolepunchService:
                 if hasattr(raw, "stream"):  # a RawConnection (TCP): select lazily
                     raw.stream = LazySelect(raw.stream)
                 await swarm.upgrade_outbound_raw_conn(raw, peer)
+            won_it = True
+            abortive_close(raw, on=False)
             won.append(str(addr))
             scope.cancel()
         except trio.Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - refused, reset, timed out, wrong peer: a lost race
             log.debug("punch dial %s -> %s failed: %s", source, addr, exc)
+        finally:
+            if raw is not None and not won_it:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await raw.close()
+                    except Exception:  # noqa: BLE001 - already closed by the failed upgrade
+                        pass
 
     async def _close_relayed_later(self, peer: ID) -> None:
         """Migrate: once a direct connection exists, close the relay leg after a grace period

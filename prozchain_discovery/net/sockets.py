@@ -10,6 +10,8 @@ walks the known names, bounded, instead of hard-coding one chain.
 from __future__ import annotations
 
 import ipaddress
+import socket as _socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ from ..addrs import network_group
 
 __all__ = [
     "local_socket_addr", "socket_addrs", "is_relayed_conn", "is_open_conn", "initiated_locally",
-    "DirectSocket", "direct_socket",
+    "DirectSocket", "direct_socket", "abortive_close",
 ]
 
 _CHAIN = ("muxed_conn", "secured_conn", "conn", "raw_conn", "stream", "socket", "_socket", "read_writer")
@@ -83,6 +85,21 @@ def _find_socket(obj: Any) -> Any:
         if callable(getattr(layer, "getsockname", None)) and hasattr(layer, "family"):
             return layer
     return None
+
+
+def abortive_close(conn: Any, on: bool = True) -> bool:
+    """Make closing ``conn``'s socket send RST (SO_LINGER 0), or (``on=False``) a normal FIN
+    again. A punched TCP connection that loses its race (upgrade failed, wrong peer, another
+    dial won) must not leave its 4-tuple in TIME_WAIT: the next punch between the same two
+    listen ports would fail with EADDRNOTAVAIL for a minute. False when no socket is found."""
+    sock = _find_socket(conn)
+    if sock is None:
+        return False
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0) if on else struct.pack("ii", 0, 0))
+    except OSError:
+        return False
+    return True
 
 
 def _pair(name: Any) -> tuple[str, int] | None:
