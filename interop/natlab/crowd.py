@@ -291,8 +291,10 @@ class PairWatch:
     relayed_at: float | None = None
     direct_at: float | None = None
     direct_addr: str | None = None
-    # Both sides list a relayed connection to the other with the same direction (both "out": each
-    # dialed the other through a relay): two relayed connections between one pair.
+    # Two relayed connections between one pair (each side dialed the other through a relay): both
+    # sides list theirs with the same direction, or a side lists an outbound one at an address in
+    # the listening side's form (``/p2p/<itself>/p2p-circuit/...``: direction from one
+    # connection, address from the other).
     two_relayed_seen: bool = False
     settled_at: float | None = None
     quiet_since: float | None = None  # a symmetric pair: connected, classified, no session running
@@ -302,6 +304,9 @@ class PairWatch:
         ra, rb = _relayed(sa, self.b), _relayed(sb, self.a)
         if ra and rb and ra[2] == rb[2]:
             self.two_relayed_seen = True
+        for st, r in ((sa, ra), (sb, rb)):
+            if r and r[2] == "out" and f"/p2p/{st.get('peer_id')}/p2p-circuit" in r[0]:
+                self.two_relayed_seen = True
         if (ra or rb) and self.relayed_at is None:
             self.relayed_at = min((t for x in (ra, rb) if x for t in (x[1],) if t is not None), default=now)
         da, db = _direct(sa, self.b, same), _direct(sb, self.a, same)
