@@ -235,8 +235,8 @@ def test_dialable_addresses_from_a_connect():
     quic = Multiaddr("/ip4/203.0.113.120/udp/4001/quic-v1")
     circuit = Multiaddr("/ip4/198.51.100.20/tcp/4001/p2p/12D3KooWEmrZ3Ld5gC5Y1nTVU7oPBdT6dVZLC8rvqzJ4cmVjCq4q"
                         "/p2p-circuit")
-    # behind another NAT: only the public TCP address (no QUIC, no relay, no stranger's LAN)
-    assert _dialable((wan, lan, quic, circuit)) == [wan]
+    # behind another NAT: only the public TCP and QUIC addresses (no relay, no stranger's LAN)
+    assert _dialable((wan, lan, quic, circuit)) == [wan, quic]
     # the peer is behind our own NAT (seen at our WAN IP): its LAN address first
     assert _dialable((wan, lan), {"203.0.113.120"}) == [lan, wan]
     # no public address at all (a LAN, loopback): what there is

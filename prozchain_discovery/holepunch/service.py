@@ -26,8 +26,10 @@ The flow (schedule.py has the rules and the reasons):
   pipelined with CONNECT on the relayed stream, and with Noise's first message on the punched
   connection (:class:`~..multistream.LazySelect`), as go-libp2p's lazy select does; py-libp2p waits for every
   echo. Each saves a round trip (bench/RESULTS.md).
-* QUIC is not punched: py-libp2p 0.8.1's QUIC upgrade cannot take the responder role, and its
-  observed addresses are never recorded for QUIC (bench/RESULTS.md).
+* QUIC is punched beside TCP (quic.py): CONNECT carries ``/udp/<listen port>/quic-v1`` at each
+  WAN IP too; the answering side dials QUIC as the client from its listen socket
+  (quic_reuse.py), the driver sends random UDP packets from its own to open its NAT's mapping.
+  TCP and QUIC dials run together; the first direct connection wins.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from ..multistream import LazySelect, MultistreamError, read_selected, select_me
 from ..net.frames import read_frame
 from ..net.sockets import abortive_close, initiated_locally, is_relayed_conn
 from ..wire.framing import FrameError
+from . import quic as quic_punch
 from .messages import (
     PROTOCOL_ID,
     Connect,
@@ -506,6 +509,7 @@ class HolepunchService:
             for wan in dict.fromkeys(ips):
                 out.append(Multiaddr(f"/ip4/{wan}/tcp/{listen[1]}") if ":" not in wan
                            else Multiaddr(f"/ip6/{wan}/tcp/{listen[1]}"))
+        out += quic_punch.predicted(self.host, dict.fromkeys(ips))
         for text in self._external:
             try:
                 out.append(strip_p2p(Multiaddr(text)))
@@ -553,13 +557,21 @@ class HolepunchService:
         if not addrs:
             return None
         source = self._listen_tcp() if from_listen_port else None
+        quic = [a for a in addrs if quic_punch.is_quic(a)]
         won: list[str] = []
         with trio.move_on_after(self.params.dial_timeout) as scope:
             async with trio.open_nursery() as nursery:
                 for a in addrs:
-                    nursery.start_soon(self._dial_one, peer, a, source, as_server, won, scope)
+                    if a not in quic:
+                        nursery.start_soon(self._dial_one, peer, a, source, as_server, won, scope)
+                if quic and as_server and from_listen_port:  # QUIC's "server": packets, no dial
+                    nursery.start_soon(quic_punch.send_punch_packets, self.host, quic)
+                elif quic:
+                    for a in quic:
+                        nursery.start_soon(self._dial_quic, peer, a, won, scope)
                 nursery.start_soon(self._watch_direct, peer, scope)
-        if won:
+        await quic_punch.keep_one_direct(self.host, peer)  # QUIC and TCP may both have made it
+        if won and self._direct_conn(peer) is not None:
             return won[0]
         c = self._direct_conn(peer)  # the peer's dial may have won on our listener instead
         return _conn_addr(c) if c is not None else None
@@ -614,6 +626,16 @@ class HolepunchService:
                     except Exception:  # noqa: BLE001 - already closed by the failed upgrade
                         pass
 
+    async def _dial_quic(self, peer: ID, addr: Multiaddr, won: list[str], scope: trio.CancelScope) -> None:
+        try:
+            await quic_punch.dial(self.host, peer, addr)
+            won.append(str(addr))
+            scope.cancel()
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - timed out, refused, wrong peer: a lost race
+            log.debug("punch QUIC dial -> %s failed: %s", addr, exc)
+
     async def _close_relayed_later(self, peer: ID) -> None:
         """Migrate: once a direct connection exists, close the relay leg after a grace period
         (streams already on it may finish; new streams go to the direct connection)."""
@@ -646,14 +668,13 @@ def _conn_addr(conn: INetConn) -> str | None:
 
 
 def _dialable(addrs: tuple[Multiaddr, ...], our_wan_ips: Collection[str] = ()) -> list[Multiaddr]:
-    """Plain TCP addresses from a CONNECT; public ones only if there are any (a private address
+    """Plain TCP and QUIC addresses from a CONNECT; public ones only if there are any (a private address
     of a peer behind another NAT leads nowhere, or to a stranger on our own LAN) — unless the
     peer is behind our own NAT (it was seen at one of our WAN IPs): then its LAN addresses come
     first, since few home routers hairpin."""
     tcp = [strip_p2p(a) for a in addrs
-           if not is_relayed(a) and "/tcp/" in str(a)
-           and not any(p in str(a) for p in ("/ws", "/wss", "/quic", "/tls"))
-           and ip_of(a) is not None]
+           if not is_relayed(a) and ip_of(a) is not None and (quic_punch.is_quic(a) or (
+               "/tcp/" in str(a) and not any(p in str(a) for p in ("/ws", "/wss", "/quic", "/tls"))))]
     public = [a for a in tcp if scope_of(a) is AddrScope.PUBLIC]
     usable = [a for a in tcp if scope_of(a) is not AddrScope.UNSPECIFIED]
     if any(str(ip_of(a)) in our_wan_ips for a in public):
