@@ -146,6 +146,7 @@ def make_host(
     libp2p_fixes.tolerate_handler_removal(host)
     libp2p_fixes.pipeline_multistream(host)
     libp2p_fixes.yamux_window_hysteresis(host)
+    libp2p_fixes.whole_yamux_frames(host)
     libp2p_fixes.quic_dial_from_listen_socket(host)
     libp2p_fixes.quic_observed_addrs(host)
     return host

@@ -92,6 +92,7 @@ __all__ = [
     "quic_dial_from_listen_socket",
     "quic_observed_addrs",
     "pipeline_multistream",
+    "whole_yamux_frames",
     "run_host",
     "close_listeners",
 ]
@@ -370,6 +371,79 @@ def yamux_window_hysteresis(host: Any) -> None:
 
     marking_new_conn._prozchain = True  # type: ignore[attr-defined]
     muxers.new_conn = marking_new_conn
+
+
+# ---- Yamux frame writes that a cancellation cannot cut ----------------------------------------
+
+_SHIELD_ATTR = "prozchain_whole_frames"
+SHIELDED_WRITE_LIMIT = 10.0  # s: a frame not written by then leaves the connection broken: closed
+
+
+def whole_yamux_frames(host: Any) -> None:
+    """A cancelled writer broke the whole connection (found here, issue #16: "a failed circuit
+    took the whole relay connection down").
+
+    py-libp2p 0.8.1's ``Yamux._write_frame`` takes the connection's write lock and awaits
+    ``secured_conn.write``: Noise encrypts the frame (its nonce advances) and then awaits the
+    socket. A task cancelled there — a circuit dial or hole punch given up at its timeout while
+    its stream writes — leaves no frame, or part of one, on the wire after the nonce moved on:
+    every later frame fails to decrypt at the peer ("Failed authentication of message"), which
+    drops the connection. Over a circuit the writes end in the *relay's* connection, so one
+    abandoned circuit handshake cost the reservation and every other circuit on it. Here the
+    write itself is shielded (the cancellation takes effect right after it, at the lock's
+    checkpoint), bounded by :data:`SHIELDED_WRITE_LIMIT`; a frame still unwritten by then
+    closes the connection, as a partial frame would have anyway.
+
+    This host's muxed connections are marked as they are made (see
+    :func:`yamux_window_hysteresis`); the class method, wrapped once, shields marked ones only.
+    """
+    from libp2p.network.connection.exceptions import RawConnError
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    patch = "whole_yamux_frames"
+    current = _require_method(Yamux, "_write_frame", patch, is_async=True, params=("self", "data"), owner="Yamux")
+    _mark_muxed_conns(host, _SHIELD_ATTR, patch)
+    if getattr(current, "_prozchain", False):
+        return
+    original = current
+
+    async def write_frame(self: Any, data: bytes) -> None:
+        if not getattr(self, _SHIELD_ATTR, False):
+            await original(self, data)
+            return
+        async with self._write_lock:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SHIELDED_WRITE_LIMIT) as limit:
+                    await self.secured_conn.write(data)
+                if limit.cancelled_caught:
+                    with trio.move_on_after(2):
+                        with contextlib.suppress(Exception):
+                            await self.secured_conn.close()
+                    raise RawConnError(f"a Yamux frame was not written within {SHIELDED_WRITE_LIMIT:.0f} s")
+        await trio.lowlevel.checkpoint()
+
+    write_frame._prozchain = True  # type: ignore[attr-defined]
+    Yamux._write_frame = write_frame  # type: ignore[method-assign]
+
+
+def _mark_muxed_conns(host: Any, attr: str, patch: str) -> None:
+    """Set ``attr`` on every muxed connection this host's upgrader makes from now on."""
+    network = _require_method(host, "get_network", patch, is_async=False)()
+    muxers = _require(_require(network, "upgrader", patch, "Swarm"), "muxer_multistream", patch, "TransportUpgrader")
+    new_conn = _require_method(muxers, "new_conn", patch, is_async=True, params=("conn", "peer_id"),
+                               owner="MuxerMultistream")
+    marks: set[str] = getattr(new_conn, "_prozchain_marks", set())
+    if attr in marks:
+        return
+
+    async def marking(conn: Any, peer_id: Any) -> Any:
+        muxed = await new_conn(conn, peer_id)
+        with contextlib.suppress(AttributeError):
+            setattr(muxed, attr, True)
+        return muxed
+
+    marking._prozchain_marks = marks | {attr}  # type: ignore[attr-defined]
+    muxers.new_conn = marking
 
 
 # ---- identify deferral --------------------------------------------------------------------

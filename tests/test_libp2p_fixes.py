@@ -897,3 +897,47 @@ async def test_stock_yamux_loses_read_data_when_a_window_update_cannot_be_writte
 async def test_our_window_update_failure_leaves_the_read_data_to_the_reader():
     got, sent = await _read_after_the_circuit_stopped_writing(stock=False)
     assert got == sent
+
+
+# ---- Yamux frames a cancellation cannot cut (#16) -------------------------------------------
+
+async def _connection_after_an_abandoned_write(stock: bool) -> bool:
+    """A writes on a stream to R; the socket is slow for that one write (a full send buffer)
+    and the writer gives up at its timeout, as a circuit dial or a hole punch does. Does the
+    connection A-R still carry a request afterwards?"""
+    from tests.test_relay import ECHO, accept_circuits, echo_once
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r, a = await net.host(), await net.host()
+        accept_circuits(r)  # an echo handler
+        await a.connect(PeerInfo(r.get_id(), [strip_p2p(x) for x in r.get_addrs()]))
+        (conn,) = a.get_network().get_connections(r.get_id())
+        if stock:
+            conn.muxed_conn.prozchain_whole_frames = False
+        stream = await a.new_stream(r.get_id(), [ECHO])
+        raw = conn.muxed_conn.secured_conn.conn.conn  # Noise session -> its reader/writer -> TCP
+        original, slow = raw.write, [True]
+
+        async def write(data: bytes) -> None:
+            if slow[0]:
+                slow[0] = False
+                await trio.sleep(0.5)
+            await original(data)
+
+        raw.write = write
+        with trio.move_on_after(0.1):
+            await stream.write(b"given up")
+        try:
+            return await echo_once(a, r.get_id()) == b"ping" and r.get_id() in a.get_connected_peers()
+        except Exception:
+            return False
+
+
+async def test_stock_yamux_loses_the_connection_when_a_writer_is_cancelled():
+    # Noise's nonce moved on for a frame that never left: every later frame fails to decrypt
+    assert not await _connection_after_an_abandoned_write(stock=True)
+
+
+async def test_a_cancelled_writer_leaves_the_connection_whole():
+    assert await _connection_after_an_abandoned_write(stock=False)

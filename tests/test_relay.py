@@ -693,3 +693,44 @@ async def test_no_autonat_dial_data_over_a_relayed_connection():
             answer = decode_message(await read_frame(stream, MAX_MESSAGE))
         assert getattr(answer, "status", None) is not None and answer.status.name == "E_REQUEST_REJECTED"
         assert private.metrics.get("autonat_dial_backs", result="over_relay") == 1
+
+
+# ---- issue #16: a circuit given up mid-handshake never costs the connection to the relay -------
+async def test_circuits_given_up_at_any_moment_keep_the_relay_connections():
+    """A and B hold reservations on R and dial each other through it at once, each giving up at
+    a random moment of the circuit's handshake (a hole punch that won, a dial timeout), 50
+    times. Stock py-libp2p lost A's or B's connection to R within 2-19 rounds in each of 5 runs
+    (a cancelled write left Noise's nonce ahead of the wire; the deterministic case is
+    test_libp2p_fixes' test_stock_yamux_loses_the_connection_when_a_writer_is_cancelled);
+    none may go now, and the reservations still answer."""
+    import random
+
+    rng = random.Random(16)
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        r = await net.host()
+        guarded(r)
+        a, b = await client(stack, r), await client(stack, r)
+        for h in (a, b):
+            guarded(h)  # its stop handler, as RelayServer registers it on every node
+            await reserve(h, r.get_id(), 10)
+        relay_part = multiaddr.Multiaddr(f"{addr_of(r)}/p2p-circuit")
+
+        async def dial(x, y, give_up_after: float) -> None:
+            with trio.move_on_after(give_up_after):
+                try:
+                    await CircuitDialer(x).connect(y.get_id(), [relay_part])
+                except Exception:
+                    pass
+
+        for _ in range(50):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dial, a, b, rng.uniform(0, 0.03))
+                nursery.start_soon(dial, b, a, rng.uniform(0, 0.03))
+            await trio.sleep(0.05)
+            for x, y in ((a, b), (b, a)):
+                for conn in list(x.get_network().get_connections(y.get_id())):
+                    await conn.close()
+            assert r.get_id() in a.get_connected_peers() and r.get_id() in b.get_connected_peers()
+        for h in (a, b):
+            assert (await reserve(h, r.get_id(), 10)).expire > 0
