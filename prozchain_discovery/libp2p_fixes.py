@@ -16,7 +16,11 @@ stock configuration and its absence with ours.
   and our own use of the signed record it brings waits up to 5 s) — except over a relayed
   (``/p2p-circuit``) connection and for peers named by :func:`identify_now` (hole punching).
 * Yamux window updates per read (found here): a WINDOW_UPDATE frame after every read;
-  :func:`yamux_window_hysteresis` sends one per half window consumed, as go-yamux does.
+  :func:`yamux_window_hysteresis` sends one per half window consumed, as go-yamux does, and a
+  window update that cannot be written no longer fails the read that had the data (#16).
+* A cancelled writer broke the connection (found here, #16): a task cancelled inside
+  ``Yamux._write_frame`` left Noise's nonce ahead of the wire; over a circuit that was the
+  connection to the relay. :func:`whole_yamux_frames` shields each frame write (bounded).
 * Bug 18 — negative dial cache: a peer whose addresses all failed is refused for 60 s by
   ``Swarm.dial_peer`` whatever our backoff says; :func:`allow_redial` evicts it before each dial
   the dialer decided to make (a static peer back after 10 s was unreachable for up to 60 s).
