@@ -293,3 +293,14 @@ def test_autonat_server_takes_quic_only_when_it_can_dial_it():
     assert policy.decide([quic, tcp], "192.0.2.1", 0.0, quic=True).idx == 0
     picked = policy.decide([quic, tcp], "192.0.2.1", 0.0, quic=False)
     assert picked.verdict is ServerVerdict.DIAL and picked.idx == 1
+
+
+def test_observed_quic_reports_count_as_quic_v1():
+    from prozchain_discovery.addresses.observed import ObservedAddrs
+
+    obs = ObservedAddrs(threshold=2)
+    obs.add(multiaddr.Multiaddr("/ip4/192.0.2.1/udp/4001/quic"), b"a", 0.0)  # py-libp2p's name
+    obs.add(multiaddr.Multiaddr("/ip4/192.0.2.1/udp/4001/quic-v1"), b"b", 0.0)
+    obs.add(multiaddr.Multiaddr("/ip4/192.0.2.1/tcp/4001"), b"a", 0.0)
+    assert obs.counts() == {"/ip4/192.0.2.1/udp/4001/quic-v1": 2, "/ip4/192.0.2.1/tcp/4001": 1}
+    assert [str(a) for a in obs.confirmed()] == ["/ip4/192.0.2.1/udp/4001/quic-v1"]

@@ -4,14 +4,28 @@ A single peer can claim anything, so an observed address counts as *confirmed* o
 ``threshold`` distinct peers reported it within ``ttl`` (go-libp2p's ObservedAddrManager
 activates an address after 4 observers from distinct groups; our networks start smaller, so the
 default is 2 and the NAT component may raise it). Memory is bounded: at most ``max_addrs``
-addresses (the least-reported is dropped) and ``max_observers`` reporters each.
+addresses (the least-reported is dropped) and ``max_observers`` reporters each. A QUIC address
+reported as draft-29's ``/quic`` is counted as ``/quic-v1`` (:func:`quic_v1`).
 """
 
 from __future__ import annotations
 
 from multiaddr import Multiaddr
 
-__all__ = ["ObservedAddrs"]
+__all__ = ["ObservedAddrs", "quic_v1"]
+
+
+def quic_v1(addr: Multiaddr) -> Multiaddr:
+    """``/ip4|ip6/A/udp/P/quic`` as ``.../quic-v1``: py-libp2p names a QUIC connection's remote
+    end with draft-29's ``/quic``, but the QUIC every libp2p node speaks today (and the only
+    one we listen on) is v1; one address must not be counted twice under two names."""
+    try:
+        names = [p.name for p in addr.protocols()]
+    except Exception:  # noqa: BLE001 - an address we cannot read stays as it is
+        return addr
+    if len(names) == 3 and names[0] in ("ip4", "ip6") and names[1:] == ["udp", "quic"]:
+        return Multiaddr(str(addr) + "-v1")
+    return addr
 
 
 class ObservedAddrs:
@@ -28,7 +42,7 @@ class ObservedAddrs:
     def add(self, addr: Multiaddr, reporter: bytes, now: float) -> bool:
         """Record a report; True if it came from a reporter new for this address."""
         self.reports += 1
-        key = addr.to_bytes()
+        key = quic_v1(addr).to_bytes()
         observers = self._reports.get(key)
         if observers is None:
             if len(self._reports) >= self.max_addrs:
