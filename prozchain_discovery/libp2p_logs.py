@@ -30,6 +30,8 @@ __all__ = [
     "demoted_counts",
     "noise_kind",
     "RateLimitFilter",
+    "WarningLimiter",
+    "limit_warnings",
     "Libp2pLogRouter",
     "route_libp2p_logs",
     "hold_noisy_loggers",
@@ -227,6 +229,38 @@ class RateLimitFilter(logging.Filter):
                 (window[2], round(self.window), template.splitlines()[0] if template else ""),
                 None,
             ))
+
+
+class WarningLimiter(logging.Filter):
+    """A handler filter: WARNING and above at most ``rate_per_minute`` per logger and message
+    template (a :class:`RateLimitFilter`), lower levels untouched; the "suppressed N similar"
+    summary of a window that is over goes out through the same handler before the next record.
+    :func:`limit_warnings` puts one on the application's handlers, so our own WARNING/ERROR
+    records are rate-limited as py-libp2p's are (issue #16: "rate-limited either way")."""
+
+    def __init__(self, rate_per_minute: int = 10, **kw: Any) -> None:
+        super().__init__()
+        self.limiter = RateLimitFilter(rate_per_minute, **kw)
+        self.handler: logging.Handler | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        summaries = self.limiter.pop_summaries()
+        if summaries and self.handler is not None:
+            for summary in summaries:
+                self.handler.handle(summary)  # passes this filter: its template is new
+        if record.levelno < logging.WARNING:
+            return True
+        return self.limiter.filter(record)
+
+
+def limit_warnings(handlers: list[logging.Handler], rate_per_minute: int = 10) -> None:
+    """Give each handler a :class:`WarningLimiter` (once; a second call changes nothing)."""
+    for handler in handlers:
+        if any(isinstance(f, WarningLimiter) for f in handler.filters):
+            continue
+        limiter = WarningLimiter(rate_per_minute)
+        limiter.handler = handler
+        handler.addFilter(limiter)
 
 
 class Libp2pLogRouter(logging.Handler):

@@ -207,3 +207,41 @@ def test_the_cli_routes_libp2p_records_although_libp2p_is_imported_later():
     assert out.stdout.strip() == "['Libp2pLogRouter']"
     # routed: a timestamped record under our name, not a bare line from lastResort
     assert "ERROR   prozchain_discovery.libp2p.transport.tcp.tcp: Unexpected error opening TCP stream: boom" in out.stderr
+
+
+def test_our_warnings_are_rate_limited_at_the_handler():
+    """Our own WARNING/ERROR records (a peer spoofing reservations, say) pass the application's
+    handler at most N per minute per template, then one summary; DEBUG/INFO are untouched."""
+    from prozchain_discovery.libp2p_logs import WarningLimiter, limit_warnings
+
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Collect()
+    limit_warnings([handler], rate_per_minute=3)
+    limit_warnings([handler], rate_per_minute=3)  # once
+    (limiter,) = [f for f in handler.filters if isinstance(f, WarningLimiter)]
+    now = [0.0]
+    limiter.limiter.clock = lambda: now[0]
+    logger = logging.getLogger("prozchain_discovery.test_limit")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    try:
+        for i in range(10):
+            logger.warning("refusing a reservation from %s in the name of another peer", f"peer{i}")
+            logger.info("routine %d", i)
+        assert sum(r.levelno == logging.WARNING for r in seen) == 3
+        assert sum(r.levelno == logging.INFO for r in seen) == 10
+        now[0] = 61.0
+        logger.warning("refusing a reservation from %s in the name of another peer", "peer10")
+        texts = [r.getMessage() for r in seen if r.levelno == logging.WARNING]
+        assert texts[-2].startswith("suppressed 7 similar records in the last 60 s")
+        assert texts[-1].endswith("peer10 in the name of another peer")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)

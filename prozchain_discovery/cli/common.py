@@ -16,7 +16,7 @@ class CliError(Exception):
 
 
 def setup_logging(level: str) -> None:
-    from ..libp2p_logs import hold_noisy_loggers, route_libp2p_logs
+    from ..libp2p_logs import hold_noisy_loggers, limit_warnings, route_libp2p_logs
 
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -28,6 +28,8 @@ def setup_logging(level: str) -> None:
     route_libp2p_logs(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
     # DEBUG is ours and libp2p's: not multiaddr's trace of every address it parses.
     hold_noisy_loggers()
+    # Our own WARNING/ERROR records are rate-limited too (per logger and message template).
+    limit_warnings(logging.getLogger().handlers)
 
 
 def sole(exc: BaseException) -> BaseException:
