@@ -93,6 +93,12 @@ TEARDOWN_NOISE: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     # Our identify push (addresses or protocols changed) to a peer that has just gone, e.g. a
     # short-lived AutoNAT dial-back identity: nothing to act on, the next identify catches up
     ("identify_push_failed", "libp2p.identity.identify_push", re.compile(r"Error pushing identify to peer ")),
+    # ... and identify (push) with a peer that went away mid-exchange: a push that never came
+    # whole (the error text is empty: a timeout or EOF), an answer into a reset connection
+    ("identify_peer_gone", "libp2p.identity.identify_push",
+     re.compile(r"Error processing identify/push from \S+: ?(\Z|.*(?i:closed|reset|incomplete|broken|eof|timed? ?out))")),
+    ("identify_peer_gone", "libp2p.identity.identify",
+     re.compile(r"Error sending identify response to \S+: (Write operation failed|.*(?i:closed|reset|broken))")),
     # A dial to a peer that stopped (make demo's teardown: nodes redial stopped nodes), and a
     # punch dial from our listen port while that 4-tuple is taken (both sides punched at once)
     ("tcp_dial_failed", "libp2p.transport.tcp", re.compile(r"Failed to open TCP stream: ")),

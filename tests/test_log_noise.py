@@ -99,6 +99,11 @@ TEARDOWN = [
      f"failed to upgrade security for peer {PID}: failed to negotiate the secure protocol"),
     ("identify_push_failed", "libp2p.identity.identify_push.identify_push", logging.ERROR,
      f"Error pushing identify to peer {PID}: No valid connections available for peer {PID}"),
+    ("identify_peer_gone", "libp2p.identity.identify_push.identify_push", logging.ERROR,
+     f"Error processing identify/push from {PID}: "),
+    ("identify_peer_gone", "libp2p.identity.identify.identify", logging.ERROR,
+     f"Error sending identify response to {PID}: Write operation failed: TCP connection reset by remote peer: "
+     "socket connection broken: [Errno 104] Connection reset by peer (type: <class 'StreamError'>)\nTraceback"),
     ("tcp_dial_failed", "libp2p.transport.tcp.tcp", logging.ERROR,
      "Failed to open TCP stream: [Errno 111] Connect call failed ('198.51.100.7', 4001)"),
     ("tcp_dial_failed", "libp2p.transport.tcp.tcp", logging.ERROR,
@@ -118,8 +123,10 @@ def test_teardown_records_are_debug_and_counted(routed_libp2p, caplog):
         logging.getLogger(name).log(level, message)
     # A real problem stays what it is.
     logging.getLogger("libp2p.transport.tcp.tcp").error("Unexpected error opening TCP stream: boom")
+    logging.getLogger("libp2p.identity.identify_push.identify_push").error(
+        f"Error processing identify/push from {PID}: Error parsing message")
     routed = [r for r in caplog.records if r.name.startswith(libp2p_logs.LIBP2P_LOGGER)]
-    assert [r.levelname for r in routed] == ["DEBUG"] * len(TEARDOWN) + ["ERROR"]
+    assert [r.levelname for r in routed] == ["DEBUG"] * len(TEARDOWN) + ["ERROR", "ERROR"]
     after = libp2p_logs.demoted_counts()
     for kind in {k for k, *_ in TEARDOWN}:
         want = sum(1 for k, *_ in TEARDOWN if k == kind)
