@@ -265,6 +265,18 @@ class HolepunchService:
             with trio.move_on_after(self.params.classify_wait):
                 await self._classified.wait()
 
+    def _we_drive(self, peer: ID) -> bool:
+        """We are this pair's driver and will run (or run) its session: we accepted a circuit
+        from the peer, we do not give way to it, and the punch book lets a session run."""
+        verdict = self.book.verdict(peer, trio.current_time())
+        if verdict not in (Verdict.START, Verdict.RUNNING) and peer not in self._starting:
+            return False
+        if not any(not initiated_locally(c) for c in self._relayed_conns(peer)):
+            return False
+        if not refuses_peer_session(self.host.get_id().to_bytes(), peer.to_bytes()):
+            return False  # the smaller id: answers, and gives way if it also accepted a circuit
+        return not self._yields(peer)
+
     async def _auto_session(self, peer: ID) -> None:
         """A session the connection events asked for: only if we are the driver."""
         if self._direct_conn(peer) is None and any(not initiated_locally(c) for c in self._relayed_conns(peer)):
@@ -426,13 +438,14 @@ class HolepunchService:
         """``/libp2p/dcutr`` handler: answer CONNECT, dial on SYNC. One session per peer at a time."""
         peer = net_stream.muxed_conn.peer_id
         stream = _Stream(net_stream, self.params.max_message)
-        # Both sessions began (each side accepted a circuit from the other, or saw its NAT
-        # verdict late): the larger id drives and refuses; the smaller answers, and its own
-        # session gives way (schedule.refuses_peer_session).
-        both_drive = self.book.verdict(peer, trio.current_time()) is Verdict.RUNNING or peer in self._starting
-        if both_drive and not refuses_peer_session(self.host.get_id().to_bytes(), peer.to_bytes()):
+        # Both sides may drive (each accepted a circuit from the other, or the session of one
+        # began late): the larger id drives and refuses the peer's CONNECT, whether or not its
+        # own session has begun yet; the smaller answers, and its own session (begun or to
+        # come) gives way (schedule.refuses_peer_session). Seen in the crowd lab: two sessions
+        # whose CONNECTs crossed before either began both ran.
+        both_drive = self._we_drive(peer)
+        if not both_drive and any(not initiated_locally(c) for c in self._relayed_conns(peer)):
             self._yielding.add(peer)
-            both_drive = False
         if (not self.enabled or both_drive or peer in self._responding
                 or len(self._responding) >= MAX_RESPONDER_SESSIONS or self._direct_conn(peer) is not None):
             await stream.close()
