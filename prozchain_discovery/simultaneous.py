@@ -8,7 +8,8 @@ connection **initiated by the peer with the smaller peer id** (raw bytes) stays;
 direct connection to that peer is closed, by whichever side sees it first (closing it closes it
 for both).
 
-The same rule holds for relayed connections while the pair has no direct one: two peers that
+The same rule holds for relayed connections while the pair has no direct one (the losing
+circuit is retired, not cut: closed once it carries no stream, 2-30 s later): two peers that
 learn each other's circuit address at once both dial through the relay, and with two circuits
 each side has accepted one — each would drive DCUtR (holepunch/schedule.py ``drives``), and the
 two sessions collide. Keeping the circuit the smaller id initiated leaves exactly one side (the
@@ -35,6 +36,9 @@ __all__ = ["SimultaneousConnect", "keeper"]
 log = logging.getLogger("prozchain_discovery.connections")
 
 MAX_PENDING = 1024
+RETIRE_GRACE = 2.0  # a losing circuit is closed no sooner than this ...
+RETIRE_MAX = 30.0  # ... once it carries no stream, or after this at the latest
+RETIRE_POLL = 0.5
 
 
 def keeper(local_id: ID, peer_id: ID, conns: Sequence[Any]) -> Any:
@@ -53,6 +57,8 @@ class SimultaneousConnect:
         self.metrics = metrics
         self.local_id = host.get_id()
         self._pending: set[ID] = set()
+        self._retiring: set[int] = set()  # id() of relayed connections waiting to be closed
+        self._nursery: trio.Nursery | None = None
         self._wake = Wakeup()
         bus.subscribe(DuplicateConnection, self._on_duplicate)
 
@@ -62,19 +68,29 @@ class SimultaneousConnect:
             self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait_until(None)
-            while self._pending:
-                await self.resolve(self._pending.pop())
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            while True:
+                await self._wake.wait_until(None)
+                while self._pending:
+                    await self.resolve(self._pending.pop())
 
     async def resolve(self, peer_id: ID) -> int:
-        """Close ``peer_id``'s direct connections but the keeper (or, with no direct one, its
-        relayed connections but the keeper); returns how many closed."""
+        """Close ``peer_id``'s direct connections but the keeper (or, with no direct one, retire
+        its relayed connections but the keeper); returns how many it closed or retires."""
         open_conns = [c for c in self.host.get_network().get_connections(peer_id) if is_open_conn(c)]
         conns = [c for c in open_conns if not is_relayed_conn(c)] or open_conns
         if len(conns) < 2:
             return 0
         keep = keeper(self.local_id, peer_id, conns)
+        if is_relayed_conn(keep):
+            losers = [c for c in conns if c is not keep and id(c) not in self._retiring]
+            for conn in losers:
+                self._retiring.add(id(conn))
+                self.metrics.inc("simultaneous_connects_resolved")
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._retire, peer_id, conn)
+            return len(losers)
         closed = 0
         for conn in conns:
             if conn is keep:
@@ -93,3 +109,27 @@ class SimultaneousConnect:
                 except Exception as exc:
                     log.debug("closing a duplicate connection to %s: %s", peer_id, exc)
         return closed
+
+    async def _retire(self, peer_id: ID, conn: Any) -> None:
+        """Close a losing relayed connection once it carries no stream (after RETIRE_GRACE, at
+        most RETIRE_MAX): the peer may have dialed it to run a request at once (js-libp2p
+        dials a second circuit beside one it already has, then opens PEX on it), and a
+        relayed connection costs the relay a slot, not us a socket, so waiting is cheap."""
+        try:
+            await trio.sleep(RETIRE_GRACE)
+            with trio.move_on_after(RETIRE_MAX - RETIRE_GRACE):
+                while is_open_conn(conn) and getattr(conn, "streams", None):
+                    await trio.sleep(RETIRE_POLL)
+            if not is_open_conn(conn):
+                return
+            log.debug("simultaneous relayed connect with %s: closing the %s circuit", peer_id,
+                      "outbound" if initiated_locally(conn) else "inbound")
+            with trio.move_on_after(2):
+                try:
+                    await conn.close()
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:
+                    log.debug("closing a duplicate circuit to %s: %s", peer_id, exc)
+        finally:
+            self._retiring.discard(id(conn))

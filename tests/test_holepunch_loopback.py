@@ -28,6 +28,7 @@ from prozchain_discovery.holepunch.schedule import HolepunchNotSupported, Holepu
 from prozchain_discovery.holepunch.service import PROTOCOL_ID, HolepunchResult, HolepunchService
 from prozchain_discovery.metrics import Metrics
 from prozchain_discovery.nat.status import NatStatus
+from prozchain_discovery.net.sockets import initiated_locally
 from prozchain_discovery.simultaneous import SimultaneousConnect
 from prozchain_discovery.wire.framing import encode_uvarint
 from tests.netutil import LOOP, Net, cfg, wait_until
@@ -67,7 +68,8 @@ async def _peer(net: Net, stack: AsyncExitStack, nat: str = "port_restricted", e
 
 @asynccontextmanager
 async def relayed_pair(a_nat: str = "port_restricted", b_nat: str = "port_restricted", *,
-                       both_dial: bool = False, hp_enabled: bool = True) -> AsyncIterator[tuple[Peer, Peer]]:
+                       both_dial: bool = False, hp_enabled: bool = True,
+                       resolve: bool | None = None) -> AsyncIterator[tuple[Peer, Peer]]:
     """R relays; A reserves on R; B dials A through R (so A accepted the relayed connection).
 
     ``both_dial``: B reserves too, and A and B dial each other through R at the same moment (the
@@ -100,7 +102,7 @@ async def relayed_pair(a_nat: str = "port_restricted", b_nat: str = "port_restri
                     await s.close()
                 for p in (a, b):
                     assert p.simultaneous is not None
-                    if hp_enabled:  # else the test wants both circuits to stay, for now
+                    if hp_enabled if resolve is None else resolve:
                         nursery.start_soon(p.simultaneous.run)
                 async with trio.open_nursery() as dials:
                     dials.start_soon(dial_through_relay, b, a)
@@ -302,3 +304,27 @@ async def test_a_punch_connection_that_loses_its_race_does_not_block_the_next_pu
             assert _tcp_states(source[1], port) & {"04", "05", "06"}  # FIN_WAIT1/2, TIME_WAIT
         src_sock.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_two_circuits_become_one_the_same_on_both_sides_after_their_streams_end(monkeypatch):
+    """Simultaneous relayed dials (#16 item 2): both sides keep the circuit the smaller peer id
+    initiated. The losing circuit is retired, not cut: a stream the peer opened on it right
+    after dialing (js-libp2p dials a second circuit, then runs PEX on it) finishes first."""
+    import prozchain_discovery.simultaneous as simultaneous
+
+    monkeypatch.setattr(simultaneous, "RETIRE_GRACE", 0.2)
+    async with relayed_pair(both_dial=True, hp_enabled=False, resolve=True) as (a, b):
+        smaller, larger = (a, b) if a.id.to_bytes() < b.id.to_bytes() else (b, a)
+        loser = [c for c in larger.hp._relayed_conns(smaller.id) if initiated_locally(c)]
+        assert len(loser) == 1
+        stream = await loser[0].new_stream()  # a stream the larger id opened on its own circuit
+        await trio.sleep(0.6)
+        assert len(larger.hp._relayed_conns(smaller.id)) == 2  # still open: it carries a stream
+        await stream.reset()
+        await wait_until(lambda: len(larger.hp._relayed_conns(smaller.id)) == 1
+                         and len(smaller.hp._relayed_conns(larger.id)) == 1, 10)
+        kept_l, kept_s = larger.hp._relayed_conns(smaller.id)[0], smaller.hp._relayed_conns(larger.id)[0]
+        assert initiated_locally(kept_s) and not initiated_locally(kept_l)  # the smaller id's dial
+        assert larger.simultaneous is not None and smaller.simultaneous is not None
+        assert (larger.simultaneous.metrics.get("simultaneous_connects_resolved")
+                + smaller.simultaneous.metrics.get("simultaneous_connects_resolved")) >= 1
