@@ -394,3 +394,19 @@ def test_fuzz_well_framed_connects_with_any_addresses_and_nat_type(addrs: list[b
     except DcutrProtocolError:
         return
     assert len(c.addrs) <= limit and len(c.addrs) + c.skipped <= len(addrs)
+
+
+def test_punch_dial_failures_are_counted_by_a_bounded_reason():
+    from prozchain_discovery.holepunch.service import _dial_failure_reason
+
+    assert _dial_failure_reason(OSError(99, "Cannot assign requested address")) == "EADDRNOTAVAIL"
+    wrapped = RuntimeError("Failed to connect 192.0.2.100:4001 from 10.0.4.2:4001: [Errno 99] Cannot assign")
+    assert _dial_failure_reason(wrapped) == "EADDRNOTAVAIL"  # py-libp2p's text, no errno attribute
+    try:
+        try:
+            raise ConnectionRefusedError(111, "refused")
+        except OSError as inner:
+            raise RuntimeError("dial failed") from inner
+    except RuntimeError as outer:
+        assert _dial_failure_reason(outer) == "ECONNREFUSED"
+    assert _dial_failure_reason(TimeoutError()) == "TimeoutError"

@@ -70,6 +70,9 @@ __all__ = [
 # NatStatus.nat_type values (nat/status.py).
 DIRECTLY_DIALABLE_NAT_TYPES = frozenset({"open", "full_cone"})
 PUNCHABLE_NAT_TYPES = frozenset({"open", "full_cone", "restricted_cone", "port_restricted", "unknown"})
+# Both sides in one of these and the punch failed: something is wrong (the lab's cone pairs go
+# direct every time), worth a WARNING; any other failure is the network being what it is.
+CONE_NAT_TYPES = frozenset({"full_cone", "restricted_cone", "port_restricted"})
 SYMMETRIC = "symmetric"
 # What a field from the wire may say; anything else reads as "unknown".
 KNOWN_NAT_TYPES = PUNCHABLE_NAT_TYPES | {SYMMETRIC}
@@ -205,6 +208,7 @@ class AttemptSchedule:
     # False once unknown has had its chances (PunchBook.undecided reached max_undecided)
     one_attempt_if_unknown: bool = True
     undecided: bool = False
+    peer_nat: str | None = None  # what the peer's last CONNECT said (None: go/js, no class)
     _connect_sent_at: float | None = None
     _deadline: float | None = None
 
@@ -231,6 +235,7 @@ class AttemptSchedule:
         sent = self._connect_sent_at if self._connect_sent_at is not None else now
         rtt = max(0.0, now - sent)
         self.rtts.append(rtt)
+        self.peer_nat = peer_nat
         plan, why = plan_pair(self.our_nat, peer_nat or "unknown")
         if self.one_attempt_if_unknown and "unknown" in (normalize_nat_type(self.our_nat), peer_nat):
             self.undecided = True

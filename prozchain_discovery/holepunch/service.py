@@ -34,6 +34,7 @@ The flow (schedule.py has the rules and the reasons):
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ from .messages import (
     encode_sync,
 )
 from .schedule import (
+    CONE_NAT_TYPES,
     AttemptSchedule,
     HolepunchNotSupported,
     HolepunchParams,
@@ -394,7 +396,12 @@ class HolepunchService:
                 self._nursery.start_soon(self._close_relayed_later, peer)
         else:
             self.metrics.inc("holepunch_failures")
-            log.info("hole punch with %s failed after %d attempt(s)", peer, sched.attempts)
+            if sched.our_nat in CONE_NAT_TYPES and sched.peer_nat in CONE_NAT_TYPES:
+                log.warning("hole punch with %s failed after %d attempt(s) although both NATs are cone "
+                            "(ours %s, theirs %s): the pair stays relayed", peer, sched.attempts,
+                            sched.our_nat, sched.peer_nat)
+            else:
+                log.info("hole punch with %s failed after %d attempt(s)", peer, sched.attempts)
 
     async def _retry_undecided(self, peer: ID) -> None:
         """Re-run an undecided session once the classes are likely known: after our verdict
@@ -630,6 +637,7 @@ class HolepunchService:
         except trio.Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - refused, reset, timed out, wrong peer: a lost race
+            self.metrics.inc("holepunch_dial_failures", reason=_dial_failure_reason(exc))
             log.debug("punch dial %s -> %s failed: %s", source, addr, exc)
         finally:
             if raw is not None and not won_it:
@@ -670,6 +678,25 @@ class HolepunchService:
             peers.setdefault(str(pid), {}).update(res.as_dict())
         return {"holepunch": {"enabled": self.enabled, "nat_type": self.nat_type,
                               "responding": len(self._responding), "peers": dict(list(peers.items())[-50:])}}
+
+
+def _dial_failure_reason(exc: BaseException) -> str:
+    """A short, bounded label for a failed punch dial: the errno's name where there is one
+    (EADDRNOTAVAIL: the 4-tuple is taken, both sides dialed the same address pair), else the
+    exception's class."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "errno", None)
+        if isinstance(code, int) and code in errno.errorcode:
+            return errno.errorcode[code]
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    for code, name in ((errno.EADDRNOTAVAIL, "EADDRNOTAVAIL"), (errno.ECONNREFUSED, "ECONNREFUSED")):
+        if f"[Errno {code}]" in text:
+            return name
+    return type(exc).__name__[:40]
 
 
 def _conn_addr(conn: INetConn) -> str | None:
