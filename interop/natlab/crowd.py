@@ -596,6 +596,12 @@ def analyse(trial: Trial, rtt: float, delay_ms: float) -> dict[str, Any]:
         "classified_at_s": {name: _ts(t, start) for name, t in classified_at.items()},
         "relay_serving": {name: bool(finals[name].get("relay_server", {}).get("serving"))
                           for name in nodes if nodes[name].nat == "none"},
+        # circuits the relays carried at their last status while running, against the NATed pairs
+        # connected through a relay then: more circuits than pairs = a pair with two circuits
+        "relay_circuits": sum(int(finals[name].get("relay_server", {}).get("circuits_open", 0) or 0)
+                              for name in nodes if nodes[name].nat == "none"),
+        "relayed_pairs": sum(1 for pw in trial.pairs
+                             if _relayed(finals[pw.a.name], pw.b) or _relayed(finals[pw.b.name], pw.a)),
         "reservations": {name: finals[name].get("autorelay", {}).get("circuit_addrs", [])
                          for name in nodes if nodes[name].nat != "none"},
         "exit_codes": {name: n.exit_code for name, n in nodes.items()},
@@ -724,6 +730,8 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             sides = [v for p in ps for v in (p["sym_classified"] or {}).values()]
             k["sym_sides_classified"] = f"{sum(sides)}/{len(sides)}"
         out["kinds"][kind] = k
+    out["extra_circuits"] = sum(max(0, r.get("relay_circuits", 0) - r.get("relayed_pairs", 0)) for r in results)
+    out["trials_with_extra_circuits"] = sum(r.get("relay_circuits", 0) > r.get("relayed_pairs", 0) for r in results)
     out["relay_lost"] = sum(len(r["relay_lost"]) for r in results)
     out["trials_with_relay_lost"] = sum(bool(r["relay_lost"]) for r in results)
     errs = [r["errors"] for r in results]
@@ -777,6 +785,8 @@ def format_summary(s: dict[str, Any], delay_ms: float, rtt_ms: float | None = No
             f"{_f(k['start_to_direct_p90_s'])} | {punched} |")
     lines += ["",
               f"relay connections lost: {s['relay_lost']} (in {s['trials_with_relay_lost']} trials); "
+              f"circuits on the relays beyond one per relayed pair, at the end: {s.get('extra_circuits', 0)} "
+              f"(in {s.get('trials_with_extra_circuits', 0)} trials); "
               f"ERROR lines per trial: median {_f(s['errors_per_trial_median'], 'g')}, "
               f"max {_f(s['errors_per_trial_max'], 'g')}, total {s['errors_total']}; WARNING lines total "
               f"{s['warnings_total']}; nodes with a non-zero exit code: {s['bad_exits']}"]
