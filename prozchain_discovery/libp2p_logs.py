@@ -106,13 +106,16 @@ TEARDOWN_NOISE: tuple[tuple[str, str, re.Pattern[str]], ...] = (
      re.compile(r"Unexpected error opening TCP stream: Failed to connect \S+ from \S+: \[Errno (98|99|111|113)\]")),
 )
 
-_demoted: dict[str, int] = {}  # kind -> records demoted in this process
-
-
 def demoted_counts() -> dict[str, int]:
     """How many py-libp2p records :data:`TEARDOWN_NOISE` demoted, by kind, in this process
-    (py-libp2p's records do not say which host logged them)."""
-    return dict(_demoted)
+    (py-libp2p's records do not say which host logged them). The counts live in the
+    :class:`Libp2pLogRouter` on libp2p's logger (none installed: empty)."""
+    out: dict[str, int] = {}
+    for h in logging.getLogger("libp2p").handlers:
+        if isinstance(h, Libp2pLogRouter):
+            for kind, n in h.demoted.items():
+                out[kind] = out.get(kind, 0) + n
+    return out
 
 
 def noise_kind(record: logging.LogRecord) -> str | None:
@@ -281,12 +284,13 @@ class Libp2pLogRouter(logging.Handler):
     def __init__(self, level: int = logging.WARNING, rate_per_minute: int = 10) -> None:
         super().__init__(level)
         self.limiter = RateLimitFilter(rate_per_minute)
+        self.demoted: dict[str, int] = {}  # kind -> records demoted (demoted_counts)
 
     def emit(self, record: logging.LogRecord) -> None:
         rec = copy.copy(record)  # other handlers on libp2p's loggers see the original
         kind = noise_kind(rec)
         if kind is not None:
-            _demoted[kind] = _demoted.get(kind, 0) + 1
+            self.demoted[kind] = self.demoted.get(kind, 0) + 1
         if kind is not None or is_shutdown_noise(rec):
             rec.levelno, rec.levelname = logging.DEBUG, "DEBUG"
         target = _target_logger(rec.name)
@@ -327,10 +331,13 @@ def route_libp2p_logs(level: int = logging.WARNING, *, rate_per_minute: int = 10
     import libp2p  # noqa: F401
 
     lg = logging.getLogger("libp2p")
+    router = Libp2pLogRouter(level, rate_per_minute)
     for old in [h for h in lg.handlers if isinstance(h, Libp2pLogRouter)]:
+        for kind, n in old.demoted.items():  # counts only grow (Metrics follows them)
+            router.demoted[kind] = router.demoted.get(kind, 0) + n
         lg.removeHandler(old)
         old.close()
-    lg.addHandler(Libp2pLogRouter(level, rate_per_minute))
+    lg.addHandler(router)
     lg.setLevel(level)
     lg.propagate = False
 

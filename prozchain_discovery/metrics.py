@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-from .libp2p_logs import demoted_counts
 
 __all__ = ["Metrics", "serve_metrics", "parse_listen", "PREFIX"]
 
@@ -83,7 +82,10 @@ class Metrics:
     must use the same label names (Prometheus requires it; a mismatch is a ValueError).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, demoted: Callable[[], dict[str, int]] | None = None) -> None:
+        """``demoted``: the process-wide counts of py-libp2p records demoted by kind
+        (``libp2p_logs.demoted_counts``, passed in by the composition root), followed as
+        ``libp2p_records_demoted``."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._counters: dict[str, tuple[Counter, tuple[str, ...]]] = {}
         self._gauges: dict[str, tuple[Gauge, tuple[str, ...]]] = {}
@@ -92,7 +94,8 @@ class Metrics:
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._gauge_values: dict[str, float] = {}
         # py-libp2p's teardown records demoted by libp2p_logs (process-wide): counted from now.
-        self._demoted_seen: dict[str, int] = demoted_counts()
+        self._demoted = demoted
+        self._demoted_seen: dict[str, int] = demoted() if demoted is not None else {}
 
     @staticmethod
     def _labels(name: str, known: tuple[str, ...] | None, labels: dict[str, str]) -> tuple[str, ...]:
@@ -141,7 +144,9 @@ class Metrics:
 
     def _follow_demoted(self) -> None:
         """Bring ``libp2p_records_demoted`` up to libp2p_logs' process-wide counts."""
-        for kind, n in demoted_counts().items():
+        if self._demoted is None:
+            return
+        for kind, n in self._demoted().items():
             seen = self._demoted_seen.get(kind, 0)
             if n > seen:
                 self._demoted_seen[kind] = n

@@ -30,7 +30,7 @@ import trio
 from libp2p.abc import IHost, INotifee
 from libp2p.peer.id import ID
 
-from . import libp2p_fixes
+from . import libp2p_fixes, libp2p_logs
 from .addresses.local import LocalAddresses
 from .bootstrap.cascade import Cascade, peer_of_addr
 from .bootstrap.local import LocalDiscovery
@@ -86,7 +86,7 @@ class DiscoveryService:
         self.data_dir = Path(data_dir) if data_dir else None
         self.rng = rng or random.Random()
         self.local_id = host.get_id()
-        self.metrics = Metrics()
+        self.metrics = Metrics(demoted=libp2p_logs.demoted_counts)
         self.bus = EventBus()
         if addr_filter is None and os.environ.get(LOOPBACK_ONLY_ENV) == "1":
             addr_filter = loopback_only

@@ -117,7 +117,7 @@ def test_teardown_records_are_debug_and_counted(routed_libp2p, caplog):
     from prozchain_discovery.metrics import Metrics
 
     caplog.set_level(logging.DEBUG, logger="prozchain_discovery")
-    metrics = Metrics()
+    metrics = Metrics(demoted=libp2p_logs.demoted_counts)
     before = libp2p_logs.demoted_counts()
     for _kind, name, level, message in TEARDOWN:
         logging.getLogger(name).log(level, message)
