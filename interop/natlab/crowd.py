@@ -123,13 +123,15 @@ def _make_identity(data: Path) -> str:
     return str(ID.from_pubkey(key.public_key))
 
 
-def node_toml(node: CrowdNode, boots: Sequence[str], stun: Sequence[str], serve_stun: bool) -> str:
-    """The default config, apart from PEX ages and what the lab needs."""
+def node_toml(node: CrowdNode, boots: Sequence[str], stun: Sequence[str], serve_stun: bool,
+              quic: bool = False) -> str:
+    """The default config, apart from PEX ages and what the lab needs (and, with ``quic``, a
+    QUIC listen address beside TCP's)."""
     quoted = ", ".join(f'"{b}"' for b in boots)
     stun_list = ", ".join(f'"{s}"' for s in stun)
     lines = [
         f'network_id = "{NETWORK_ID}"',
-        f'listen = ["/ip4/0.0.0.0/tcp/{PORT}"]',
+        f'listen = ["/ip4/0.0.0.0/tcp/{PORT}"' + (f', "/ip4/0.0.0.0/udp/{PORT}/quic-v1"]' if quic else "]"),
         "[bootstrap]",
         f"bootstrap_nodes = [{quoted}]",
         "[pex]",
@@ -347,6 +349,7 @@ class TrialConfig:
     cone2: bool = False
     keep_logs: Path | None = None
     rebuild: bool = True  # rebuild the lab (fresh routers, no conntrack state) before each trial
+    quic: bool = False  # every node also listens on QUIC (/udp/4001/quic-v1)
 
 
 @dataclass
@@ -384,9 +387,11 @@ def _start_nodes(lab: Lab, trial_dir: Path, cfg: TrialConfig) -> dict[str, Crowd
     for name, node in nodes.items():
         if node.nat == "none":
             others = [p for p in PUBLIC if p != name]
-            toml = node_toml(node, [addr[p] for p in others], [stun[p] for p in others], serve_stun=True)
+            toml = node_toml(node, [addr[p] for p in others], [stun[p] for p in others], serve_stun=True,
+                             quic=cfg.quic)
         else:
-            toml = node_toml(node, [addr[p] for p in PUBLIC], [stun[p] for p in PUBLIC], serve_stun=False)
+            toml = node_toml(node, [addr[p] for p in PUBLIC], [stun[p] for p in PUBLIC], serve_stun=False,
+                             quic=cfg.quic)
         (node.data / "node.toml").write_text(toml)
     # Everything is prepared: start them all at once.
     for node in nodes.values():
@@ -813,12 +818,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reuse-lab", action="store_true",
                     help="build the lab once, not before every trial (routers keep conntrack state)")
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
+    ap.add_argument("--quic", action="store_true", help="every node also listens on /udp/4001/quic-v1")
+    ap.add_argument("--tcp-syn-drop", action="store_true",
+                    help="cone routers drop inbound bare TCP SYNs (no TCP simultaneous open)")
     args = ap.parse_args(argv)
     if args.prefix == "pzl-":
         print("note: pzl- is the test suite's lab prefix", file=sys.stderr)
-    lab = Lab(prefix=args.prefix)
+    lab = Lab(prefix=args.prefix, tcp_syn_drop=args.tcp_syn_drop)
     cfg = TrialConfig(delay_ms=args.delay_ms, timeout=args.timeout, cone2=args.cone2,
-                      keep_logs=args.keep_logs, rebuild=not args.reuse_lab)
+                      keep_logs=args.keep_logs, rebuild=not args.reuse_lab, quic=args.quic)
     if args.json is not None and args.json.exists():
         args.json.unlink()
     with lab.locked(timeout=1800):
