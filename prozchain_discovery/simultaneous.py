@@ -101,13 +101,7 @@ class SimultaneousConnect:
                       peer_id, "outbound" if initiated_locally(conn) else "inbound",
                       " relayed" if is_relayed_conn(conn) else "",
                       "outbound" if initiated_locally(keep) else "inbound")
-            with trio.move_on_after(2):
-                try:
-                    await conn.close()
-                except trio.Cancelled:
-                    raise
-                except Exception as exc:
-                    log.debug("closing a duplicate connection to %s: %s", peer_id, exc)
+            await _close(conn, peer_id)
         return closed
 
     async def _retire(self, peer_id: ID, conn: Any) -> None:
@@ -124,12 +118,16 @@ class SimultaneousConnect:
                 return
             log.debug("simultaneous relayed connect with %s: closing the %s circuit", peer_id,
                       "outbound" if initiated_locally(conn) else "inbound")
-            with trio.move_on_after(2):
-                try:
-                    await conn.close()
-                except trio.Cancelled:
-                    raise
-                except Exception as exc:
-                    log.debug("closing a duplicate circuit to %s: %s", peer_id, exc)
+            await _close(conn, peer_id)
         finally:
             self._retiring.discard(id(conn))
+
+
+async def _close(conn: Any, peer_id: ID) -> None:
+    with trio.move_on_after(2):
+        try:
+            await conn.close()
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # already closed by the peer
+            log.debug("closing a duplicate connection to %s: %s", peer_id, exc)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # Nothing in this suite may dial off this machine: the service refuses non-loopback dials.
@@ -62,3 +64,24 @@ def pytest_xdist_make_scheduler(config, log):
             return _xdist_group(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
 
     return ByResource(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _libp2p_logger_restored() -> Iterator[None]:
+    """Every test starts with libp2p's logger as the one before left it at its start.
+
+    The CLI run in-process (tests/test_cli.py) routes py-libp2p's records into ours
+    (libp2p_logs.route_libp2p_logs: a handler, no propagation, a rate limit); left in place, a
+    later test on the same worker no longer saw libp2p's records in caplog, or saw the router's
+    "suppressed N similar" summaries (#16)."""
+    lg = logging.getLogger("libp2p")
+    saved = (list(lg.handlers), lg.level, lg.propagate)
+    yield
+    if (list(lg.handlers), lg.level, lg.propagate) != saved:
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        handlers, level, propagate = saved
+        for h in handlers:
+            lg.addHandler(h)
+        lg.setLevel(level)
+        lg.propagate = propagate

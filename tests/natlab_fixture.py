@@ -76,3 +76,16 @@ def natlab() -> Iterator[Lab]:
         yield lab
     finally:
         _release()
+
+
+LAB_DELAY_MS = 25  # the one-way delay of `delayed_lab`: 50 ms RTT through the core
+
+
+@pytest.fixture
+def delayed_lab(natlab: Lab) -> Iterator[Lab]:
+    """The lab with :data:`LAB_DELAY_MS` of one-way delay in the core, for the test's length."""
+    natlab.set_delay(LAB_DELAY_MS)
+    try:
+        yield natlab
+    finally:
+        natlab.set_delay(0)

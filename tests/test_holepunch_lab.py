@@ -11,23 +11,13 @@ from __future__ import annotations
 import pytest
 
 from interop.natlab.punch_trials import punch_pair, trial
-from tests.natlab_fixture import natlab  # noqa: F401
+from tests.natlab_fixture import delayed_lab, natlab  # noqa: F401
 
-DELAY_MS = 25
 TRIALS = 10
 MIGRATIONS = 2
 
 
-@pytest.fixture
-def delayed_lab(natlab):  # noqa: F811
-    natlab.set_delay(DELAY_MS)
-    try:
-        yield natlab
-    finally:
-        natlab.set_delay(0)
-
-
-def test_cone_to_cone_goes_direct_between_the_routers_wan_addresses(delayed_lab):
+def test_cone_to_cone_goes_direct_between_the_routers_wan_addresses(delayed_lab):  # noqa: F811
     lab = delayed_lab
     wan_a, wan_b = lab.routers["cone"].wan_ip, lab.routers["cone2"].wan_ip
     relay_ip = lab.hosts["pub3"].ip
@@ -58,7 +48,7 @@ def test_cone_to_cone_goes_direct_between_the_routers_wan_addresses(delayed_lab)
     ("sym1", "cone3", ("symmetric", "port_restricted")),  # the symmetric side drives
     ("sym1", "sym2", ("symmetric", "symmetric")),
 ])
-def test_symmetric_pairs_stay_relayed_and_say_not_supported(delayed_lab, a_ns, b_ns, nats):
+def test_symmetric_pairs_stay_relayed_and_say_not_supported(delayed_lab, a_ns, b_ns, nats):  # noqa: F811
     with punch_pair(delayed_lab, a_ns, b_ns) as pair:
         assert (pair.a_nat, pair.b_nat) == nats
         for i in range(2):

@@ -13,18 +13,7 @@ import pytest
 
 from interop.natlab.lab import SYN_DROP_RULE
 from interop.natlab.punch_trials import Pair, punch_pair, trial
-from tests.natlab_fixture import natlab  # noqa: F401
-
-DELAY_MS = 25
-
-
-@pytest.fixture
-def delayed_lab(natlab):  # noqa: F811
-    natlab.set_delay(DELAY_MS)
-    try:
-        yield natlab
-    finally:
-        natlab.set_delay(0)
+from tests.natlab_fixture import delayed_lab, natlab  # noqa: F401
 
 
 @pytest.fixture
@@ -51,7 +40,7 @@ def _trials(lab, pair: Pair, n: int, first_port: int, transports: tuple[str, ...
                                             transports=transports, wait_wan=True)) for i in range(n)]
 
 
-def test_cone_to_cone_goes_direct_over_quic(delayed_lab):
+def test_cone_to_cone_goes_direct_over_quic(delayed_lab):  # noqa: F811
     lab = delayed_lab
     with punch_pair(lab, "cone1", "cone3", relay_transports=("quic",)) as pair:
         assert (pair.a_nat, pair.b_nat) == ("port_restricted", "port_restricted")
