@@ -72,11 +72,16 @@ def _libp2p_logger_restored() -> Iterator[None]:
 
     The CLI run in-process (tests/test_cli.py) routes py-libp2p's records into ours
     (libp2p_logs.route_libp2p_logs: a handler, no propagation, a rate limit); left in place, a
-    later test on the same worker no longer saw libp2p's records in caplog, or saw the router's
-    "suppressed N similar" summaries (#16)."""
+    later test on the same worker no longer saw libp2p's records in caplog (#16)."""
     lg = logging.getLogger("libp2p")
     saved = (list(lg.handlers), lg.level, lg.propagate)
+    root_filters = [(h, list(h.filters)) for h in logging.getLogger().handlers]
     yield
+    # The CLI's setup_logging also puts a WarningLimiter on the root logger's handlers, which
+    # in a test are pytest's capture handlers: later tests' WARNINGs were rate-limited, and
+    # its "suppressed N similar" summaries showed up in their caplog.
+    for h, filters in root_filters:
+        h.filters[:] = filters
     if (list(lg.handlers), lg.level, lg.propagate) != saved:
         for h in list(lg.handlers):
             lg.removeHandler(h)
