@@ -457,11 +457,12 @@ def test_garbage_in_every_field():
         walk(sync, zone2)
         assert sync.phase is SyncPhase.FAILED and sync.take_leaves() == []
         assert sync.rejected[SeedRejection.BAD_ENCODING] + sync.rejected[SeedRejection.NO_ROOT] == 1, bad
-    zone2 = dict(zone)
-    zone2[DOMAIN] = ["v=spf1 -all"]
-    sync = new_sync(url())
-    walk(sync, zone2)
-    _refused(sync, SeedRejection.NO_ROOT)
+    for other in (["v=spf1 -all"], [good.replace("pzseed-root:v1", "pzseed-root:v2")]):
+        zone2 = dict(zone)
+        zone2[DOMAIN] = other  # not a v1 root: ignored, as a v1 client ignores a v2 root
+        sync = new_sync(url())
+        walk(sync, zone2)
+        _refused(sync, SeedRejection.NO_ROOT)
 
 
 def test_root_among_other_apex_records_and_name_forms():

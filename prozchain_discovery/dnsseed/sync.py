@@ -268,8 +268,8 @@ class SeedSync:
         for rec in records:
             try:
                 text = join_txt(rec)
-                if not text.startswith(ROOT_PREFIX[:12]):
-                    continue  # another TXT record at the apex (SPF, site verification...)
+                if not text.startswith(ROOT_PREFIX):
+                    continue  # another TXT record at the apex (SPF...), or a root of another version
                 root = parse_root(text)
                 verify_root(root, self.url)
             except SeedError as exc:
