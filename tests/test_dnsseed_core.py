@@ -46,6 +46,7 @@ from tests.conftest import identity
 
 DOMAIN = "seed.example.org"
 OPERATOR, _ = identity(100_000)
+LONGEST = "a" * 60 + "." + "b" * 60 + "." + "c" * 6  # 128 characters, the longest domain
 Zone = dict[str, list[str]]
 
 
@@ -156,7 +157,7 @@ def test_every_answer_fits_1232_bytes_and_512_option():
     assert small.fanout == children_per_branch(entry_budget(DOMAIN, 512)) == 9
     assert all(answer_bytes(DOMAIN, sum(map(len, v)), edns=False) <= 512 for v in small.zone.values())
     # The longest domain allowed still leaves 21 children per branch in 1232 bytes.
-    assert children_per_branch(entry_budget("a" * 60 + "." + "b" * 67)) == 21
+    assert children_per_branch(entry_budget(LONGEST)) == 21
 
 
 def test_builder_keeps_the_newest_record_per_peer_and_refuses_bad_ones():
@@ -537,3 +538,52 @@ def test_fuzz_sync_answers(root_answer, entry_answer):
 
 def test_unused_names_are_typed():
     assert isinstance(Root(b"", 0, b""), Root) and isinstance(Leaf(b""), Leaf)
+
+
+# ---- sizes on the wire, checked with dnspython -------------------------------------------------
+
+def test_answers_fit_on_the_wire():
+    """An independent check of §4: real DNS answers (dnspython), plus the COOKIE margin."""
+    import dns.message
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.rrset
+
+    for domain in (DOMAIN, LONGEST):
+        for udp, edns in ((1232, True), (512, False)):
+            tree = build_tree(envelopes(60), OPERATOR.private_key, domain, 1, udp_size=udp)
+            for name, strings in tree.zone.items():
+                query = dns.message.make_query(name + ".", "TXT", use_edns=0 if edns else False,
+                                               payload=1232)
+                answer = dns.message.make_response(query)
+                quoted = " ".join('"' + s + '"' for s in strings)
+                answer.answer.append(dns.rrset.from_text(name + ".", 300, "IN", "TXT", quoted))
+                size = len(answer.to_wire()) + (44 if edns else 0)
+                assert size <= udp, (domain, udp, name, size)
+                assert size == answer_bytes(domain, sum(map(len, strings)), edns=edns) or name == domain
+
+
+def test_refused_root_keeps_the_last_tree_and_exact_leaf_bound():
+    tree = build_tree(envelopes(40), OPERATOR.private_key, DOMAIN, 2)
+    sync = new_sync(tree.url, limits=SyncLimits(max_leaves=40))
+    walk(sync, tree.zone)
+    assert sync.complete and len(sync.tree_leaves()) == 40  # exactly the bound: not a limit
+    zone = dict(tree.zone)
+    zone[DOMAIN] = build_tree(envelopes(3), OPERATOR.private_key, DOMAIN, 1).zone[DOMAIN]
+    walk(sync, zone)
+    _refused(sync, SeedRejection.ROLLBACK)
+    assert len(sync.tree_leaves()) == 40
+    walk(sync, tree.zone)  # the same root again: nothing but the root is asked
+    assert sync.complete and sync.queries == 1 and len(sync.tree_leaves()) == 40
+
+
+def test_resync_of_a_large_unchanged_subtree_is_cheap():
+    records = envelopes(2000)
+    old = build_tree(records, OPERATOR.private_key, DOMAIN, 1)
+    sync = new_sync(old.url)
+    walk(sync, old.zone)
+    new = build_tree(records[1:], OPERATOR.private_key, DOMAIN, 2)  # one peer removed
+    walk(sync, new.zone)
+    assert sync.complete and len(sync.tree_leaves()) == 1999
+    # The regrouped level costs branches, never leaves: no leaf is asked again.
+    assert sync.queries < 1 + 2000 // 21 + 10

@@ -233,7 +233,8 @@ class SeedSync:
                 and not self._stopped and self._complete)
 
     def tree_leaves(self) -> list[VerifiedRecord]:
-        """Every verified leaf of the current tree (cached ones included)."""
+        """Every verified leaf of the current tree (cached ones included); after a refused
+        root, of the last tree that verified."""
         return [e for e in self._tree.values() if isinstance(e, VerifiedRecord)]
 
     @property
@@ -249,10 +250,10 @@ class SeedSync:
             del self.rejections[0]
 
     def _refuse_lookup(self, name: str, digest: bytes | None, exc: SeedError) -> None:
-        self._reject(name, exc)
         if digest is None:
-            self.phase = SyncPhase.FAILED
+            self._root_refused(name, exc)
             return
+        self._reject(name, exc)
         self._complete = False
         self._shortfall += self._nodes[digest].demand
 
@@ -261,6 +262,12 @@ class SeedSync:
             self._stopped = True
             self._complete = False
             self._reject(self.url.domain, SeedError(SeedRejection.LIMIT, f"{what} > {bound}"))
+
+    def _root_refused(self, name: str, exc: SeedError) -> None:
+        """No usable root this sync: the last verified tree stays the current one."""
+        self._reject(name, exc)
+        self.phase = SyncPhase.FAILED
+        self._tree = dict(self._cache)
 
     def _on_root(self, name: str, records: Sequence[Sequence[bytes | str]]) -> None:
         best = None
@@ -278,16 +285,13 @@ class SeedSync:
             if best is None or root.seq > best.seq:
                 best = root
         if best is None:
-            self._reject(name, error or SeedError(SeedRejection.NO_ROOT))
-            self.phase = SyncPhase.FAILED
+            self._root_refused(name, error or SeedError(SeedRejection.NO_ROOT))
             return
         if self.seq is not None and best.seq < self.seq:
-            self._reject(name, SeedError(SeedRejection.ROLLBACK, f"seq {best.seq} < {self.seq}"))
-            self.phase = SyncPhase.FAILED
+            self._root_refused(name, SeedError(SeedRejection.ROLLBACK, f"seq {best.seq} < {self.seq}"))
             return
         if self.seq is not None and best.seq == self.seq and self.root_hash not in (None, best.top):
-            self._reject(name, SeedError(SeedRejection.SEQ_REUSED, f"seq {best.seq}"))
-            self.phase = SyncPhase.FAILED
+            self._root_refused(name, SeedError(SeedRejection.SEQ_REUSED, f"seq {best.seq}"))
             return
         self.seq, self.root_hash = best.seq, best.top
         self.phase = SyncPhase.TREE
@@ -324,8 +328,11 @@ class SeedSync:
 
     def _accept_leaf(self, digest: bytes, rec: VerifiedRecord) -> None:
         node = self._nodes[digest]
-        self._tree[digest] = rec
         prev = self._peers.get(rec.peer_id)
+        if prev is None and len(self._peers) >= self.limits.max_leaves:
+            self._stop("leaves", self.limits.max_leaves)
+            return
+        self._tree[digest] = rec
         if prev is not None:
             other = self._tree[prev]
             assert isinstance(other, VerifiedRecord)
@@ -338,8 +345,6 @@ class SeedSync:
         if digest not in self._given:
             self._given.add(digest)
             self._out.append(rec)
-        if len(self._peers) >= self.limits.max_leaves:
-            self._stop("leaves", self.limits.max_leaves)
 
     def _accept_branch(self, digest: bytes, branch: Branch) -> None:
         node = self._nodes[digest]
@@ -389,22 +394,23 @@ class SeedSync:
             self._ready.append(child)
 
     def _settle(self) -> None:
-        """Process ready entries already verified under an earlier root, without asking."""
+        """Process ready entries already verified under an earlier root, without asking.
+
+        Level by level (one pass over ``_ready`` per level): linear in the tree's size.
+        """
         if self.phase is not SyncPhase.TREE:
             return
         self._rebalance()
-        i = 0
-        while i < len(self._ready):
-            digest = self._ready[i]
-            cached = self._cache.get(digest)
-            if cached is None:
-                i += 1
-                continue
-            self._ready.pop(i)
-            self._nodes[digest].asked = True
-            if isinstance(cached, Branch):
-                self._accept_branch(digest, cached)
-            else:
-                self._accept_leaf(digest, cached)
+        while not self._stopped:
+            known = [h for h in self._ready if h in self._cache]
+            if not known:
+                return
+            self._ready = [h for h in self._ready if h not in self._cache]
+            for digest in known:
+                self._nodes[digest].asked = True
+                cached = self._cache[digest]
+                if isinstance(cached, Branch):
+                    self._accept_branch(digest, cached)
+                else:
+                    self._accept_leaf(digest, cached)
             self._rebalance()
-            i = 0

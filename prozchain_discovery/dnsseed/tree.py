@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from libp2p.crypto.keys import PrivateKey
+from libp2p.peer.id import ID
 
-from ..records import RecordError, VerifiedRecord, verify_record
+from ..records import RecordError, RecordRejection, VerifiedRecord, verify_record
 from .url import SeedUrl, b32encode, normalize_domain
 
 __all__ = [
@@ -280,7 +281,7 @@ def parse_entry(text: str, *, max_children: int = MAX_CHILDREN) -> Branch | Leaf
     raise SeedError(SeedRejection.BAD_ENCODING, "neither pzseed-branch: nor pzseed-leaf:")
 
 
-def verify_leaf(leaf: Leaf, **kw: object) -> VerifiedRecord:
+def verify_leaf(leaf: Leaf, *, local_peer_id: ID | None = None) -> VerifiedRecord:
     """The leaf's envelope verified exactly as PEX verifies records (records.verify_record).
 
     Raises :class:`SeedError` ``bad_record`` whose ``detail`` is the record's own rejection
@@ -288,9 +289,9 @@ def verify_leaf(leaf: Leaf, **kw: object) -> VerifiedRecord:
     can skip it without counting it as an attack.
     """
     try:
-        return verify_record(leaf.envelope, **kw)  # type: ignore[arg-type]
+        return verify_record(leaf.envelope, local_peer_id=local_peer_id)
     except RecordError as exc:
-        if exc.reason.value == "self":
+        if exc.reason is RecordRejection.SELF:
             raise
         raise SeedError(SeedRejection.BAD_RECORD, exc.reason.value) from None
 
