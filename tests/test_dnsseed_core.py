@@ -381,9 +381,21 @@ def test_oversized_txt():
     walk(sync, zone)
     _refused(sync, SeedRejection.OVERSIZED)
     assert sync.take_leaves() == []
-    with pytest.raises(SeedError) as info:
-        join_txt(["x"] * 100)
-    assert info.value.reason is SeedRejection.OVERSIZED
+    for strings in (["x"] * 9, ["x"] * 100_000, ["a" * 255] * 4 + ["a"]):
+        with pytest.raises(SeedError) as info:
+            join_txt(strings)
+        assert info.value.reason is SeedRejection.OVERSIZED
+    assert join_txt(["ab", "", "c"] * 2) == "abcabc"  # any split of up to 8 strings is one text
+    # Too many TXT records in one answer, and a record of 100,000 strings: refused unread.
+    sync = new_sync(tree.url)
+    sync.start(8)
+    [root] = sync.wanted()
+    sync.on_answer(root, [["v=spf1"]] * 17)
+    _refused(sync, SeedRejection.OVERSIZED)
+    sync.start(8)
+    [root] = sync.wanted()
+    sync.on_answer(root, [[""] * 100_000, tree.zone[DOMAIN]])
+    assert sync.phase is SyncPhase.TREE and sync.bytes == len(tree.zone[DOMAIN][0])
 
 
 def test_too_deep_and_too_wide():

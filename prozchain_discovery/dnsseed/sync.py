@@ -40,6 +40,7 @@ from ..records import RecordError, VerifiedRecord
 from .tree import (
     MAX_CHILDREN,
     MAX_ENTRY_TEXT,
+    MAX_STRINGS,
     ROOT_PREFIX,
     Branch,
     Leaf,
@@ -80,9 +81,8 @@ class SyncPhase(enum.Enum):
 
 @dataclass(slots=True)
 class _Node:
-    depth: int
-    demand: int = 0
-    asked: bool = False
+    depth: int  # hash links from the root
+    demand: int = 0  # leaves this subtree is asked to yield
 
 
 class SeedSync:
@@ -172,7 +172,6 @@ class SeedSync:
                 break
             digest = self._ready.pop()
             name = hash_name(digest, self.url.domain)
-            self._nodes[digest].asked = True
             self._in_flight[name] = digest
             self.queries += 1
             out.append(name)
@@ -191,7 +190,7 @@ class SeedSync:
             return
         size = 0
         for rec in records:
-            if isinstance(rec, (list, tuple)):
+            if isinstance(rec, (list, tuple)) and len(rec) <= MAX_STRINGS:  # longer: refused unread
                 size += sum(len(s) for s in rec if isinstance(s, (bytes, str)))
         if self.bytes + size > self.limits.max_bytes:
             self._stop("bytes", self.limits.max_bytes)
@@ -407,7 +406,6 @@ class SeedSync:
                 return
             self._ready = [h for h in self._ready if h not in self._cache]
             for digest in known:
-                self._nodes[digest].asked = True
                 cached = self._cache[digest]
                 if isinstance(cached, Branch):
                     self._accept_branch(digest, cached)

@@ -72,7 +72,7 @@ HASH_TEXT = 43  # base64url of 32 bytes, unpadded
 SIG_TEXT = 86  # base64url of a 64-byte Ed25519 signature
 MAX_STRING = 255  # one TXT character-string
 MAX_ENTRY_TEXT = 1000  # every entry; with a <=128-char domain the answer fits 1232 bytes (§4)
-MAX_STRINGS = math.ceil(MAX_ENTRY_TEXT / MAX_STRING)
+MAX_STRINGS = 8  # a builder cuts every 255 characters (4 strings); other tools may cut shorter
 MAX_CHILDREN = (MAX_ENTRY_TEXT - len(BRANCH_PREFIX) + 1) // (HASH_TEXT + 1)  # 22
 MAX_SEQ = 2**64 - 1
 # RFC 0003's signing-buffer layout (uvarint-length-prefixed domain, type, payload) under a
@@ -165,7 +165,7 @@ def join_txt(strings: Sequence[bytes | str], max_text: int = MAX_ENTRY_TEXT) -> 
     """
     if not isinstance(strings, (list, tuple)):
         raise SeedError(SeedRejection.BAD_ENCODING, "a TXT record is a sequence of strings")
-    if len(strings) > math.ceil(max_text / MAX_STRING) + 1:
+    if len(strings) > MAX_STRINGS:
         raise SeedError(SeedRejection.OVERSIZED, f"{len(strings)} strings")
     total = 0
     for s in strings:
