@@ -367,7 +367,8 @@ def build_tree(
     Every record is verified first (``bad_record``: an operator does not publish what a client
     would refuse); one record per peer, the highest seq; leaves whose answer would not fit
     ``udp_size`` are refused (``oversized``). The tree is balanced: each level split into
-    groups whose sizes differ by at most one, so a random walk meets no thin subtree.
+    groups whose sizes differ by at most one, so a random walk meets no thin subtree; leaves
+    in peer-id order, so a peer's new record changes its path only.
     """
     domain = normalize_domain(domain)
     url = SeedUrl.for_key(key.get_public_key(), domain)
@@ -393,13 +394,16 @@ def build_tree(
         zone[hash_name(digest, domain)] = split_txt(text)
         return digest
 
-    level = sorted(put(encode_leaf(r.envelope_bytes)) for r in best.values())
+    # Leaves in peer-id order, branches in the order of their children: a listed peer's new
+    # record changes only its own path, so a client re-syncing asks depth + 1 names.
+    ordered = sorted(best.values(), key=lambda r: r.peer_id.to_bytes())
+    level = [put(encode_leaf(r.envelope_bytes)) for r in ordered]
     depth = 1
     if not level:
         level = [put(encode_branch([]))]
     while len(level) > 1:
         groups = math.ceil(len(level) / width)
-        level = sorted(put(encode_branch(chunk)) for chunk in _chunks(level, groups))
+        level = [put(encode_branch(chunk)) for chunk in _chunks(level, groups)]
         depth += 1
     root = sign_root(key, domain, level[0], seq)
     zone[domain] = split_txt(encode_root(root))
