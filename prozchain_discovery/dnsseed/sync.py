@@ -14,7 +14,8 @@ Invariants:
 2. Every hash is asked at most once per tree; a hash met twice is refused (``loop``).
 3. Bounded: at most ``max_in_flight`` names out at once, ``max_queries`` queries, ``max_bytes``
    of TXT text and ``max_leaves`` verified leaves per sync, ``max_depth`` hash links, and
-   ``max_children`` per branch; the log of rejections keeps the last ``MAX_REJECTIONS``.
+   ``max_children`` per branch; the log of rejections keeps the last ``MAX_REJECTIONS``; what
+   is kept between syncs (the verified entries for reuse, the hashes handed out) is one tree.
 4. The root's seq never goes down: a lower seq is ``rollback``, the same seq with another tree
    ``seq_reused``; the adapter persists :attr:`SeedSync.seq` / :attr:`SeedSync.root_hash`.
 
@@ -137,6 +138,7 @@ class SeedSync:
         """
         if self._tree:
             self._cache = self._tree
+            self._given &= self._cache.keys()  # bounded by one tree too
         self._reset_walk()
         self._target = max(0, target)
         self._full = False
