@@ -497,22 +497,13 @@ async def test_a_handler_removed_during_negotiation_resets_the_stream(remove_han
 
 @pytest.fixture
 def libp2p_logging():
-    """Restore libp2p's logger as importing libp2p leaves it (no handler, no propagation)."""
+    """libp2p's logger as importing libp2p leaves it (no handler, no propagation), whatever ran
+    before; conftest's autouse fixture restores it afterwards."""
     lg = logging.getLogger("libp2p")
-    saved = (list(lg.handlers), lg.level, lg.propagate)
-    # Another test (or the CLI run in-process) may have routed libp2p's logs already: start
-    # from the state importing libp2p leaves, whatever ran before.
     for h in [h for h in lg.handlers if isinstance(h, libp2p_logs.Libp2pLogRouter)]:
         lg.removeHandler(h)
     lg.propagate = False
     yield lg
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-    handlers, level, propagate = saved
-    for h in handlers:
-        lg.addHandler(h)
-    lg.setLevel(level)
-    lg.propagate = propagate
 
 
 def _record(msg, *args, name="libp2p.network.swarm", level=logging.WARNING):

@@ -60,20 +60,11 @@ def test_a_level_the_application_chose_is_kept(noisy_levels_restored):
 # ---- issue #16: relay, circuit, Yamux and punch teardown is DEBUG, counted -------------------
 @pytest.fixture
 def routed_libp2p():
-    """libp2p's records routed as the CLI does; libp2p's logger restored afterwards."""
+    """libp2p's records routed as the CLI does (conftest restores libp2p's logger afterwards)."""
     from prozchain_discovery import libp2p_logs
 
-    lg = logging.getLogger("libp2p")
-    saved = (list(lg.handlers), lg.level, lg.propagate)
     libp2p_logs.route_libp2p_logs(logging.WARNING, rate_per_minute=1000)
-    yield lg
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-    handlers, level, propagate = saved
-    for h in handlers:
-        lg.addHandler(h)
-    lg.setLevel(level)
-    lg.propagate = propagate
+    yield logging.getLogger("libp2p")
 
 
 # What py-libp2p logged at WARNING/ERROR in the NAT lab crowd and on loopback for circuits,
