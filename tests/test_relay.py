@@ -247,6 +247,27 @@ async def test_the_129th_reservation_is_refused():
 
 
 # ---- limits on a relayed connection: 128 KiB, 2 minutes ----------------------------------------
+async def _echo(stream, nbytes: int) -> int:
+    """Write 4 KiB chunks to an echo stream and read each back, up to ``nbytes``; the bytes
+    echoed before the circuit was cut (or all of them)."""
+    echoed = 0
+    chunk = b"x" * 4096
+    with trio.fail_after(30):
+        try:
+            while echoed < nbytes:
+                await stream.write(chunk)
+                got = 0
+                while got < len(chunk):
+                    data = await stream.read(len(chunk) - got)
+                    if not data:
+                        raise EOFError
+                    got += len(data)
+                echoed += got
+        except Exception:
+            pass
+    return echoed
+
+
 async def _relayed_pair(stack: AsyncExitStack, net: Net, r):
     target = await client(stack, r)
     accept_circuits(target)
@@ -263,21 +284,7 @@ async def test_a_circuit_past_128_kib_is_cut():
         proto = guarded(r)
         target, dialer = await _relayed_pair(stack, net, r)
         stream = await dialer.new_stream(target.get_id(), [ECHO])
-        echoed = 0
-        chunk = b"x" * 4096
-        with trio.fail_after(30):
-            try:
-                for _ in range(64):  # 256 KiB each way if nothing stopped it
-                    await stream.write(chunk)
-                    got = 0
-                    while got < len(chunk):
-                        data = await stream.read(len(chunk) - got)
-                        if not data:
-                            raise EOFError
-                        got += len(data)
-                    echoed += got
-            except Exception:
-                pass
+        echoed = await _echo(stream, 64 * 4096)  # 256 KiB each way if nothing stopped it
         assert 0 < echoed < DEFAULTS.circuit_data  # each direction has 128 KiB, overheads included
         await wait_until(lambda: target.get_id() not in dialer.get_connected_peers(), 20)
         await wait_until(lambda: "cut:data" in proto.events, 10)  # type: ignore[attr-defined]
@@ -581,22 +588,7 @@ async def _echo_through_a_circuit(relay_proto, nbytes: int) -> int:
         relay_proto(r)
         target, dialer = await _relayed_pair(stack, net, r)
         stream = await dialer.new_stream(target.get_id(), [ECHO])
-        echoed = 0
-        chunk = b"x" * 4096
-        with trio.fail_after(30):
-            try:
-                while echoed < nbytes:
-                    await stream.write(chunk)
-                    got = 0
-                    while got < len(chunk):
-                        data = await stream.read(len(chunk) - got)
-                        if not data:
-                            raise EOFError
-                        got += len(data)
-                    echoed += got
-            except Exception:
-                pass
-        return echoed
+        return await _echo(stream, nbytes)
 
 
 async def test_upstream_counts_both_directions_against_one_budget():
