@@ -333,11 +333,6 @@ def yamux_window_hysteresis(host: Any) -> None:
     patch = "yamux_window_hysteresis"
     current = _require(YamuxStream, "_auto_tune_and_send_window_update", patch, "YamuxStream")
     _require(YamuxStream, "send_window_update", patch, "YamuxStream")
-    network = _require_method(host, "get_network", patch, is_async=False)()
-    upgrader = _require(network, "upgrader", patch, "Swarm")
-    muxers = _require(upgrader, "muxer_multistream", patch, "TransportUpgrader")
-    new_conn = _require_method(muxers, "new_conn", patch, is_async=True, params=("conn", "peer_id"),
-                               owner="MuxerMultistream")
     if not getattr(current, "_prozchain", False):
         original = current
 
@@ -364,17 +359,7 @@ def yamux_window_hysteresis(host: Any) -> None:
 
         window_update._prozchain = True  # type: ignore[attr-defined]
         YamuxStream._auto_tune_and_send_window_update = window_update  # type: ignore[method-assign]
-    if getattr(new_conn, "_prozchain", False):
-        return
-
-    async def marking_new_conn(conn: Any, peer_id: Any) -> Any:
-        muxed = await new_conn(conn, peer_id)
-        with contextlib.suppress(AttributeError):
-            setattr(muxed, _HYSTERESIS_ATTR, True)
-        return muxed
-
-    marking_new_conn._prozchain = True  # type: ignore[attr-defined]
-    muxers.new_conn = marking_new_conn
+    _mark_muxed_conns(host, _HYSTERESIS_ATTR, patch)
 
 
 # ---- Yamux frame writes that a cancellation cannot cut ----------------------------------------
