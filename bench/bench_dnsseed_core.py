@@ -23,21 +23,9 @@ from libp2p.crypto.ed25519 import create_new_key_pair  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
 from multiaddr import Multiaddr  # noqa: E402
 
-from prozchain_discovery.dnsseed.sync import SeedSync, SyncLimits  # noqa: E402
+from prozchain_discovery.dnsseed.sync import SeedSync, SyncLimits, walk_zone  # noqa: E402
 from prozchain_discovery.dnsseed.tree import build_tree  # noqa: E402
 from prozchain_discovery.records import sign_record  # noqa: E402
-
-
-def walk(sync: SeedSync, zone: dict[str, list[str]], target: int, full: bool) -> int:
-    sync.start(target)
-    if full:
-        sync.want_all()
-    rounds = 0
-    while names := sync.wanted():
-        rounds += 1
-        for name in names:
-            sync.on_answer(name, [zone[name]])
-    return rounds
 
 
 def main() -> None:
@@ -62,7 +50,7 @@ def main() -> None:
     for seed in range(args.walks):
         sync = SeedSync(tree.url, rng=random.Random(seed))
         t0 = time.perf_counter()
-        rounds.append(walk(sync, tree.zone, 8, full=False))
+        rounds.append(walk_zone(sync, tree.zone, target=8, full=False))
         cpu.append(time.perf_counter() - t0)
         queries.append(sync.queries)
         assert sync.leaves_verified >= 8
@@ -70,7 +58,7 @@ def main() -> None:
           f"{statistics.median(queries)} max {max(queries)}, core CPU median {statistics.median(cpu) * 1e3:.1f} ms")
     sync = SeedSync(tree.url, rng=random.Random(0), limits=SyncLimits(max_leaves=max(16_384, args.leaves)))
     t0 = time.perf_counter()
-    r = walk(sync, tree.zone, 0, full=True)
+    r = walk_zone(sync, tree.zone, target=0, full=True)
     t_full = time.perf_counter() - t0
     assert sync.complete and len(sync.tree_leaves()) == args.leaves
     print(f"full sync: {sync.queries} queries in {r} rounds of <= 32, {sync.bytes / 1e6:.2f} MB of TXT text, "
@@ -78,12 +66,12 @@ def main() -> None:
     changed = envs[:-1] + [sign_record(*_ident(args.leaves - 1), seq=2)]
     new = build_tree(changed, operator.private_key, "seed.example.org", 2)
     t0 = time.perf_counter()
-    r = walk(sync, new.zone, 0, full=True)
+    r = walk_zone(sync, new.zone, target=0, full=True)
     print(f"re-sync, one peer's record changed: {sync.queries} queries in {r} rounds, core CPU "
           f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
     fewer = build_tree(changed[1:], operator.private_key, "seed.example.org", 3)
     t0 = time.perf_counter()
-    r = walk(sync, fewer.zone, 0, full=True)
+    r = walk_zone(sync, fewer.zone, target=0, full=True)
     print(f"re-sync, one peer removed: {sync.queries} queries in {r} rounds, core CPU "
           f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
 

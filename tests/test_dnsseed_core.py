@@ -17,7 +17,7 @@ from libp2p.peer.envelope import Envelope, unmarshal_envelope
 from libp2p.peer.peer_record import PeerRecord
 from multiaddr import Multiaddr
 
-from prozchain_discovery.dnsseed.sync import SeedSync, SyncLimits, SyncPhase
+from prozchain_discovery.dnsseed.sync import SeedSync, SyncLimits, SyncPhase, walk_zone
 from prozchain_discovery.dnsseed.tree import (
     MAX_CHILDREN,
     Branch,
@@ -60,20 +60,6 @@ def envelopes(n: int, start: int = 1) -> list[bytes]:
     return [envelope(i) for i in range(start, start + n)]
 
 
-def walk(sync: SeedSync, zone: Zone, *, target: int = 0, full: bool = True) -> int:
-    """Run one sync to the end over ``zone``; the number of rounds of parallel queries."""
-    sync.start(target)
-    if full:
-        sync.want_all()
-    rounds = 0
-    while names := sync.wanted():
-        rounds += 1
-        for name in names:
-            if name in zone:
-                sync.on_answer(name, [zone[name]])
-            else:
-                sync.on_failure(name, "NXDOMAIN")
-    return rounds
 
 
 def new_sync(url: SeedUrl, **kw) -> SeedSync:
@@ -138,7 +124,7 @@ def test_round_trip_equals_input():
     tree = build_tree(records, OPERATOR.private_key, DOMAIN, seq=5)
     assert tree.url == url()
     sync = new_sync(tree.url)
-    walk(sync, tree.zone)
+    walk_zone(sync, tree.zone)
     assert sync.complete and not sync.rejected
     assert sorted(r.envelope_bytes for r in sync.tree_leaves()) == sorted(records)
     assert sorted(r.envelope_bytes for r in sync.take_leaves()) == sorted(records)
@@ -177,12 +163,12 @@ def test_builder_keeps_the_newest_record_per_peer_and_refuses_bad_ones():
 def test_empty_and_single_leaf_trees():
     empty = build_tree([], OPERATOR.private_key, DOMAIN, 1)
     sync = new_sync(empty.url)
-    walk(sync, empty.zone)
+    walk_zone(sync, empty.zone)
     assert sync.complete and sync.tree_leaves() == []
     one = build_tree(envelopes(1), OPERATOR.private_key, DOMAIN, 1)
     assert one.depth == 1
     sync = new_sync(one.url)
-    walk(sync, one.zone, target=1, full=False)
+    walk_zone(sync, one.zone, target=1, full=False)
     assert [r.envelope_bytes for r in sync.take_leaves()] == envelopes(1)
 
 
@@ -193,7 +179,7 @@ def test_first_leaves_in_depth_plus_one_rounds(n, fanout):
     tree = build_tree(envelopes(n), OPERATOR.private_key, DOMAIN, 1, fanout=fanout)
     for seed in range(5):
         sync = SeedSync(tree.url, rng=random.Random(seed))
-        rounds = walk(sync, tree.zone, target=8, full=False)
+        rounds = walk_zone(sync, tree.zone, target=8, full=False)
         got = sync.take_leaves()
         assert len(got) >= 8 and len({r.peer_id for r in got}) == len(got)
         assert rounds <= tree.depth + 1, (rounds, tree.depth)
@@ -205,7 +191,7 @@ def test_first_leaves_in_depth_plus_one_rounds(n, fanout):
 def test_more_leaves_later_and_the_rest():
     tree = build_tree(envelopes(120), OPERATOR.private_key, DOMAIN, 1)
     sync = new_sync(tree.url)
-    walk(sync, tree.zone, target=8, full=False)
+    walk_zone(sync, tree.zone, target=8, full=False)
     first = sync.take_leaves()
     assert 8 <= len(first) < 120
     sync.want(30)
@@ -230,10 +216,10 @@ def test_withheld_subtree_demand_goes_elsewhere():
     for name in [n for n in branch_names(zone) if n != top][:3]:
         del zone[name]  # the path withholds some branches (it cannot forge them)
     sync = new_sync(tree.url)
-    walk(sync, zone, target=8, full=False)
+    walk_zone(sync, zone, target=8, full=False)
     assert len(sync.take_leaves()) >= 8
     sync = new_sync(tree.url)
-    walk(sync, zone)
+    walk_zone(sync, zone)
     assert sync.rejected[SeedRejection.UNAVAILABLE] == 3 and not sync.complete
     got = {r.envelope_bytes for r in sync.tree_leaves()}
     assert got < set(envelopes(200))  # the withheld part is missing, the rest verified
@@ -243,11 +229,11 @@ def test_resync_asks_only_what_changed():
     records = envelopes(400)
     old = build_tree(records, OPERATOR.private_key, DOMAIN, 1)
     sync = new_sync(old.url)
-    walk(sync, old.zone)
+    walk_zone(sync, old.zone)
     assert len(sync.take_leaves()) == 400
     changed = records[:-1] + [envelope(400, seq=2)]  # one peer published a newer record
     new = build_tree(changed, OPERATOR.private_key, DOMAIN, 2)
-    walk(sync, new.zone)
+    walk_zone(sync, new.zone)
     assert sync.complete and sync.seq == 2
     assert sync.queries <= 1 + new.depth  # the root and one path
     assert sorted(r.envelope_bytes for r in sync.tree_leaves()) == sorted(changed)
@@ -267,7 +253,7 @@ def test_forged_root_signature():
     forger, _ = identity(666)
     forged = build_tree(envelopes(30, start=500), forger.private_key, DOMAIN, 9)
     sync = new_sync(tree.url)
-    walk(sync, forged.zone)
+    walk_zone(sync, forged.zone)
     _refused(sync, SeedRejection.BAD_SIGNATURE)
     assert sync.phase is SyncPhase.FAILED and sync.take_leaves() == [] and sync.seq is None
     # A root the operator signed for another domain does not verify here either.
@@ -275,7 +261,7 @@ def test_forged_root_signature():
     zone = dict(tree.zone)
     zone[DOMAIN] = elsewhere.zone["other.example.org"]
     sync = new_sync(tree.url)
-    walk(sync, zone)
+    walk_zone(sync, zone)
     _refused(sync, SeedRejection.BAD_SIGNATURE)
     assert sync.take_leaves() == []
 
@@ -288,7 +274,7 @@ def test_tampered_root_fields():
         zone = dict(tree.zone)
         zone[DOMAIN] = [bad]
         sync = new_sync(tree.url)
-        walk(sync, zone)
+        walk_zone(sync, zone)
         _refused(sync, SeedRejection.BAD_SIGNATURE)
         assert sync.take_leaves() == []
 
@@ -299,7 +285,7 @@ def test_leaf_swapped_for_another_valid_record():
     victim = leaf_names(zone)[0]
     zone[victim] = split_txt(encode_leaf(envelope(999)))  # valid, signed by its peer, not listed
     sync = new_sync(tree.url)
-    walk(sync, zone)
+    walk_zone(sync, zone)
     _refused(sync, SeedRejection.HASH_MISMATCH)
     got = {r.envelope_bytes for r in sync.tree_leaves()}
     assert envelope(999) not in got and len(got) == 49 and got < set(envelopes(50))
@@ -319,7 +305,7 @@ def test_tampered_branch():
     evil_leaf = entry_hash("".join(evil.zone[leaf_names(evil.zone)[0]]))
     zone[name] = split_txt(encode_branch([*entry.children[:-1], evil_leaf]))
     sync = new_sync(tree.url)
-    walk(sync, zone)
+    walk_zone(sync, zone)
     _refused(sync, SeedRejection.HASH_MISMATCH)
     got = {r.envelope_bytes for r in sync.tree_leaves()}
     assert got.isdisjoint(envelopes(5, start=700)) and got < set(envelopes(100))
@@ -329,22 +315,22 @@ def test_rollback_and_reused_seq():
     new = build_tree(envelopes(20), OPERATOR.private_key, DOMAIN, 7)
     old = build_tree(envelopes(10), OPERATOR.private_key, DOMAIN, 6)
     sync = new_sync(new.url)
-    walk(sync, new.zone)
+    walk_zone(sync, new.zone)
     assert sync.seq == 7
-    walk(sync, old.zone)  # the path replays an older, validly signed tree
+    walk_zone(sync, old.zone)  # the path replays an older, validly signed tree
     _refused(sync, SeedRejection.ROLLBACK)
     assert sync.seq == 7 and sync.phase is SyncPhase.FAILED
     assert len(sync.take_leaves()) == 20  # the first walk's, nothing from the replay
     # Across a restart: the adapter hands the remembered seq back.
     restarted = new_sync(new.url, last_seq=7, last_root_hash=new.root.top)
-    walk(restarted, old.zone)
+    walk_zone(restarted, old.zone)
     _refused(restarted, SeedRejection.ROLLBACK)
     assert restarted.take_leaves() == []
     other = build_tree(envelopes(10), OPERATOR.private_key, DOMAIN, 7)  # seq 7 again, other tree
-    walk(restarted, other.zone)
+    walk_zone(restarted, other.zone)
     _refused(restarted, SeedRejection.SEQ_REUSED)
     assert restarted.take_leaves() == []
-    walk(restarted, new.zone)  # the same tree at the same seq is fine
+    walk_zone(restarted, new.zone)  # the same tree at the same seq is fine
     assert restarted.complete and len(restarted.take_leaves()) == 20
 
 
@@ -355,14 +341,14 @@ def test_loop_between_branches():
     b1 = encode_branch([entry_hash(leaf), entry_hash(other), entry_hash(b2)])
     zone = signed_zone([leaf, other, b1, b2], b1)
     sync = new_sync(url())
-    walk(sync, zone)
+    walk_zone(sync, zone)
     _refused(sync, SeedRejection.LOOP)
     assert sorted(r.envelope_bytes for r in sync.tree_leaves()) == sorted([envelope(1), envelope(2)])
     assert not sync.complete
     # A child listed twice in one branch.
     twice = encode_branch([entry_hash(leaf), entry_hash(leaf)])
     sync = new_sync(url())
-    walk(sync, signed_zone([leaf, twice], twice))
+    walk_zone(sync, signed_zone([leaf, twice], twice))
     _refused(sync, SeedRejection.LOOP)
     assert sync.take_leaves() == []
 
@@ -373,13 +359,13 @@ def test_oversized_txt():
     name = leaf_names(zone)[0]
     zone[name] = ["".join(zone[name])[:200] + "A" * 56]  # a 256-character string
     sync = new_sync(tree.url)
-    walk(sync, zone)
+    walk_zone(sync, zone)
     _refused(sync, SeedRejection.OVERSIZED)
     # An entry over 1000 characters, even one the operator signed, is refused unread.
     big = encode_leaf(b"\x00" * 760)
     zone = signed_zone([big], big)
     sync = new_sync(url())
-    walk(sync, zone)
+    walk_zone(sync, zone)
     _refused(sync, SeedRejection.OVERSIZED)
     assert sync.take_leaves() == []
     for strings in (["x"] * 9, ["x"] * 100_000, ["a" * 255] * 4 + ["a"]):
@@ -403,12 +389,12 @@ def test_too_deep_and_too_wide():
     deep = build_tree(envelopes(40), OPERATOR.private_key, DOMAIN, 1, fanout=2)
     assert deep.depth == 7
     sync = new_sync(deep.url)  # max_depth 6
-    walk(sync, deep.zone)
+    walk_zone(sync, deep.zone)
     _refused(sync, SeedRejection.TOO_DEEP)
     assert not sync.complete and len(sync.tree_leaves()) < 40
     wide = build_tree(envelopes(30), OPERATOR.private_key, DOMAIN, 1)
     sync = new_sync(wide.url, limits=SyncLimits(max_children=8))
-    walk(sync, wide.zone)
+    walk_zone(sync, wide.zone)
     _refused(sync, SeedRejection.TOO_WIDE)
     assert sync.tree_leaves() == []
 
@@ -417,7 +403,7 @@ def test_limits_on_leaves_queries_and_bytes():
     tree = build_tree(envelopes(100), OPERATOR.private_key, DOMAIN, 1)
     for limits in (SyncLimits(max_leaves=10), SyncLimits(max_queries=20), SyncLimits(max_bytes=5000)):
         sync = new_sync(tree.url, limits=limits)
-        walk(sync, tree.zone)
+        walk_zone(sync, tree.zone)
         _refused(sync, SeedRejection.LIMIT)
         assert not sync.complete
         assert len(sync.tree_leaves()) <= 10 or limits.max_leaves != 10
@@ -449,7 +435,7 @@ def test_garbage_in_every_field():
     for text, reason in cases.items():
         top = encode_branch([entry_hash(ok_leaf), entry_hash(text)])
         sync = new_sync(url())
-        walk(sync, signed_zone([ok_leaf, text, top], top))
+        walk_zone(sync, signed_zone([ok_leaf, text, top], top))
         _refused(sync, reason)
         assert [r.envelope_bytes for r in sync.tree_leaves()] == [envelope(1)], text
     # Non-ASCII bytes in a TXT string.
@@ -457,7 +443,7 @@ def test_garbage_in_every_field():
     zone = signed_zone([ok_leaf, top], top)
     zone[leaf_names(zone)[0]] = [b"pzseed-leaf:\xff\xfe"]  # type: ignore[list-item]
     sync = new_sync(url())
-    walk(sync, zone)
+    walk_zone(sync, zone)
     _refused(sync, SeedRejection.BAD_ENCODING)
     # The root record's fields.
     root = parse_root("".join(zone[DOMAIN]))
@@ -468,14 +454,14 @@ def test_garbage_in_every_field():
         zone2 = dict(zone)
         zone2[DOMAIN] = split_txt(bad)
         sync = new_sync(url())
-        walk(sync, zone2)
+        walk_zone(sync, zone2)
         assert sync.phase is SyncPhase.FAILED and sync.take_leaves() == []
         assert sync.rejected[SeedRejection.BAD_ENCODING] + sync.rejected[SeedRejection.NO_ROOT] == 1, bad
     for other in (["v=spf1 -all"], [good.replace("pzseed-root:v1", "pzseed-root:v2")]):
         zone2 = dict(zone)
         zone2[DOMAIN] = other  # not a v1 root: ignored, as a v1 client ignores a v2 root
         sync = new_sync(url())
-        walk(sync, zone2)
+        walk_zone(sync, zone2)
         _refused(sync, SeedRejection.NO_ROOT)
 
 
@@ -497,7 +483,7 @@ def test_root_among_other_apex_records_and_name_forms():
 def test_own_record_is_skipped_not_counted():
     tree = build_tree(envelopes(10), OPERATOR.private_key, DOMAIN, 1)
     sync = new_sync(tree.url, local_peer_id=identity(3)[1])
-    walk(sync, tree.zone)
+    walk_zone(sync, tree.zone)
     assert not sync.rejected and len(sync.tree_leaves()) == 9 and sync.complete
 
 
@@ -579,14 +565,14 @@ def test_answers_fit_on_the_wire():
 def test_refused_root_keeps_the_last_tree_and_exact_leaf_bound():
     tree = build_tree(envelopes(40), OPERATOR.private_key, DOMAIN, 2)
     sync = new_sync(tree.url, limits=SyncLimits(max_leaves=40))
-    walk(sync, tree.zone)
+    walk_zone(sync, tree.zone)
     assert sync.complete and len(sync.tree_leaves()) == 40  # exactly the bound: not a limit
     zone = dict(tree.zone)
     zone[DOMAIN] = build_tree(envelopes(3), OPERATOR.private_key, DOMAIN, 1).zone[DOMAIN]
-    walk(sync, zone)
+    walk_zone(sync, zone)
     _refused(sync, SeedRejection.ROLLBACK)
     assert len(sync.tree_leaves()) == 40
-    walk(sync, tree.zone)  # the same root again: nothing but the root is asked
+    walk_zone(sync, tree.zone)  # the same root again: nothing but the root is asked
     assert sync.complete and sync.queries == 1 and len(sync.tree_leaves()) == 40
 
 
@@ -594,13 +580,13 @@ def test_resync_of_a_large_unchanged_subtree_is_cheap():
     records = envelopes(2000)
     old = build_tree(records, OPERATOR.private_key, DOMAIN, 1)
     sync = new_sync(old.url)
-    walk(sync, old.zone)
+    walk_zone(sync, old.zone)
     new = build_tree(records[1:], OPERATOR.private_key, DOMAIN, 2)  # one peer removed
-    walk(sync, new.zone)
+    walk_zone(sync, new.zone)
     assert sync.complete and len(sync.tree_leaves()) == 1999
     # Removing a peer regroups the levels: branches are asked again, never a leaf.
     assert sync.queries < 1 + 2000 // 21 + 10
     # A listed peer's new record changes its own path only: depth + 1 names.
     newer = build_tree([*records[1:-1], envelope(2000, seq=2)], OPERATOR.private_key, DOMAIN, 3)
-    walk(sync, newer.zone)
+    walk_zone(sync, newer.zone)
     assert sync.complete and sync.queries == newer.depth + 1

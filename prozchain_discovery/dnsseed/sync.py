@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from libp2p.peer.id import ID
@@ -57,7 +57,7 @@ from .tree import (
 )
 from .url import SeedUrl
 
-__all__ = ["SyncLimits", "SeedSync", "SyncPhase", "MAX_REJECTIONS", "MAX_RECORDS_PER_ANSWER"]
+__all__ = ["SyncLimits", "SeedSync", "SyncPhase", "MAX_REJECTIONS", "MAX_RECORDS_PER_ANSWER", "walk_zone"]
 
 MAX_REJECTIONS = 1000
 MAX_RECORDS_PER_ANSWER = 16  # TXT records in one answer (the apex may hold SPF and others)
@@ -414,3 +414,22 @@ class SeedSync:
                 else:
                     self._accept_leaf(digest, cached)
             self._rebalance()
+
+
+def walk_zone(sync: SeedSync, zone: Mapping[str, Sequence[str]], *, target: int = 0, full: bool = True) -> int:
+    """Run one sync to its end over an in-memory ``zone`` (name -> one TXT record's strings;
+    a missing name answers NXDOMAIN). Returns the rounds of parallel queries it took: the
+    model the DNS adapter's timing is compared with (tests, ``bench/bench_dnsseed_core.py``).
+    """
+    sync.start(target)
+    if full:
+        sync.want_all()
+    rounds = 0
+    while names := sync.wanted():
+        rounds += 1
+        for name in names:
+            if name in zone:
+                sync.on_answer(name, [zone[name]])
+            else:
+                sync.on_failure(name, "NXDOMAIN")
+    return rounds
