@@ -33,9 +33,24 @@ def _free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def txt_line(name: str, strings: str | Sequence[str]) -> str:
+    """A dnsmasq ``txt-record`` line: one TXT record of these character-strings."""
+    if isinstance(strings, str):
+        strings = [strings]
+    return f"txt-record={name}," + ",".join(f'"{s}"' for s in strings)
+
+
 @contextmanager
-def dnsmasq(tmp: Path, txt: Sequence[tuple[str, str]] = (), hosts: Sequence[tuple[str, str]] = ()) -> Iterator[int]:
-    """Serve ``txt`` (name, text) and ``hosts`` (name, ip) records; yields the port."""
+def dnsmasq(
+    tmp: Path,
+    txt: Sequence[tuple[str, str | Sequence[str]]] = (),
+    hosts: Sequence[tuple[str, str]] = (),
+    conf_files: Sequence[Path] = (),
+    extra: Sequence[str] = (),
+) -> Iterator[int]:
+    """Serve ``txt`` (name, text or list of strings: one record each) and ``hosts`` (name, ip)
+    records, plus the lines of ``conf_files`` (e.g. ``prozchain-discovery seed build --format
+    dnsmasq`` output) and ``extra`` lines; yields the port."""
     binary = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
     if binary is None:
         pytest.skip("dnsmasq is not installed: apt-get install dnsmasq-base (make test does it as root)")
@@ -47,7 +62,9 @@ def dnsmasq(tmp: Path, txt: Sequence[tuple[str, str]] = (), hosts: Sequence[tupl
         "local=/test/",  # authoritative for .test: unknown names get NXDOMAIN, not REFUSED
     ]
     for name, text in txt:
-        lines.append(f'txt-record={name},"{text}"')
+        lines.append(txt_line(name, text))
+    lines += [f"conf-file={f}" for f in conf_files]
+    lines += list(extra)
     by_name: dict[str, list[str]] = {}
     for name, ip in hosts:
         by_name.setdefault(name, []).append(ip)

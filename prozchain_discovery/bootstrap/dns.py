@@ -42,9 +42,12 @@ __all__ = [
     "DnsSeedResolver",
     "DnsLookupGate",
     "FIRST_RETRY",
+    "EDNS_PAYLOAD",
+    "make_resolver",
 ]
 
 FIRST_RETRY = 5.0  # after a failed lookup; doubles up to the interval
+EDNS_PAYLOAD = 1232  # DNS Flag Day 2020: no IP fragmentation; a larger answer comes over TCP
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,19 @@ class DnsLookupGate:
         return max(0.0, self.last_lookup + self.interval - now)
 
 
+def make_resolver(cfg: ResolverConfig) -> dns.asyncresolver.Resolver:
+    """A dnspython resolver for ``cfg`` (the system's when no nameservers are given), with
+    EDNS0 at :data:`EDNS_PAYLOAD` bytes; dnspython retries over TCP when an answer is truncated."""
+    r = dns.asyncresolver.Resolver(configure=not cfg.nameservers)
+    if cfg.nameservers:
+        r.nameservers = list(cfg.nameservers)
+    r.port = cfg.port
+    r.lifetime = cfg.timeout
+    r.timeout = cfg.timeout
+    r.use_edns(0, 0, EDNS_PAYLOAD)
+    return r
+
+
 class DnsSeedResolver:
     def __init__(
         self,
@@ -144,14 +160,7 @@ class DnsSeedResolver:
 
     def _get_resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
-            cfg = self.config
-            r = dns.asyncresolver.Resolver(configure=not cfg.nameservers)
-            if cfg.nameservers:
-                r.nameservers = list(cfg.nameservers)
-            r.port = cfg.port
-            r.lifetime = cfg.timeout
-            r.timeout = cfg.timeout
-            self._resolver = r
+            self._resolver = make_resolver(self.config)
         return self._resolver
 
     async def _query(self, name: str, rdtype: str, result: DnsSeedResult) -> list[str]:

@@ -361,6 +361,7 @@ def build_tree(
     *,
     udp_size: int = 1232,
     fanout: int | None = None,
+    max_entry_text: int | None = None,
 ) -> SeedTree:
     """A seed tree of these signed peer records, signed with ``key`` at sequence ``seq``.
 
@@ -368,11 +369,14 @@ def build_tree(
     would refuse); one record per peer, the highest seq; leaves whose answer would not fit
     ``udp_size`` are refused (``oversized``). The tree is balanced: each level split into
     groups whose sizes differ by at most one, so a random walk meets no thin subtree; leaves
-    in peer-id order, so a peer's new record changes its path only.
+    in peer-id order, so a peer's new record changes its path only. ``max_entry_text`` caps
+    an entry below what ``udp_size`` allows (a zone format with short lines: dnsmasq).
     """
     domain = normalize_domain(domain)
     url = SeedUrl.for_key(key.get_public_key(), domain)
     budget = entry_budget(domain, udp_size)
+    if max_entry_text is not None:
+        budget = min(budget, max_entry_text)
     width = fanout if fanout is not None else children_per_branch(budget)
     if width < 2:
         raise ValueError(f"a {udp_size}-byte answer at {domain} leaves room for {width} children")
