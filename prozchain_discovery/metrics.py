@@ -71,6 +71,11 @@ HELP = {
     "autonat_probes": "AutoNAT v2 dial-back probes of our addresses, by outcome",
     "autonat_dial_backs_received": "AutoNAT v2 dial-back streams received, by result (ok, unknown_nonce, bad)",
     "autonat_dial_data_paid": "Bytes of AutoNAT v2 dial data we paid to servers (amplification guard)",
+    "dns_seed_queries": "TXT queries for signed (pzseed) DNS seeds",
+    "dns_seed_rejected": "Entries of signed (pzseed) DNS seeds refused, by reason (bad_signature, hash_mismatch, rollback...)",
+    "dns_seed_seq": "Sequence number of a signed DNS seed's last verified root, by seed domain",
+    "dns_seed_leaves_verified": "Verified peer records in a signed DNS seed's current tree, by seed domain",
+    "dns_seed_lookup_seconds": "A signed DNS seed's lookup for the cascade: root to min_peers verified records",
     "autonat_dial_back_missing": "Servers that said they dialed us back but whose nonce never came",
 }
 

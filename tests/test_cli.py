@@ -430,3 +430,27 @@ def test_metrics_listen_bind_failure(tmp_path):
     assert out.returncode == 1 and out.stdout == ""
     line = _one_error(out.stderr)
     assert "--metrics-listen" in line and f"127.0.0.1:{port}" in line and "in use" in line
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("pzseed://abc@seed.test", "key: not 32 bytes"),
+        ("pzseed://" + "a" * 52 + "@seed.test", "key: not an Ed25519 public key"),
+        ("pzseed://" + "a" * 52, "expected pzseed://<key>@<domain>"),
+    ],
+)
+def test_bad_signed_dns_seed_names_the_flag_and_the_part(tmp_path, value, problem):
+    out = _node(tmp_path, "--listen", LOOPBACK, "--dns-seed", value)
+    assert out.returncode == 2 and out.stdout == ""
+    line = _one_error(out.stderr)
+    assert line.startswith("error: --dns-seed: ") and problem in line, line
+    assert not (tmp_path / "data").exists()
+
+
+def test_bad_signed_dns_seed_in_the_config_file_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[bootstrap]\ndns_seeds = ["/dnsaddr/ok.test", "pzseed://xyz@seed.test"]\n')
+    assert main(["node", "--config", str(bad), "--data-dir", str(tmp_path)]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert line.startswith(f"error: --config {bad}: config field 'bootstrap.dns_seeds[1]': "), line

@@ -6,6 +6,12 @@ are asked ``/prozchain/bootstrap/1.0`` (network id check, our observed address, 
 set); DNS seeds are looked up at most once per ``dns_lookup_interval``, a limit that survives
 restarts (``state.json`` in the data dir); only a lookup that gave addresses counts, a failed
 one is retried with backoff (:class:`~.dns.DnsLookupGate`).
+
+A ``pzseed://<key>@<domain>`` seed (protocols/dns-seed.md) is a signed tree of signed peer
+records (:mod:`.signed_seeds`): the DNS stage asks it for ``min_peers_for_startup`` verified
+records (a random walk, depth + 1 round trips), dials them, and walks the rest of the tree in
+the background into the peer book. Its root's sequence number and hash are kept in
+``state.json`` (a lower one later is a rollback and refused).
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 
 from ..addrs import parse_multiaddr, peer_id_of, strip_p2p
-from ..config import DiscoveryConfig
+from ..config import ConfigError, DiscoveryConfig
+from ..dnsseed.sync import SyncPhase
+from ..dnsseed.url import SCHEME as PZSEED_SCHEME
+from ..dnsseed.url import SeedUrlError, parse_url
 from ..events import (
     EventBus,
     ObservedAddress,
@@ -42,8 +51,9 @@ from ..wire.messages import BOOTSTRAP_PROTOCOL, BootstrapRequest, BootstrapRespo
 from .dns import DnsLookupGate, DnsSeedResolver, ResolverConfig
 from .protocol import read_bootstrap_answer
 from .schedule import CascadeSchedule
+from .signed_seeds import DnsTxt, SignedSeed
 
-__all__ = ["Cascade", "peer_of_addr"]
+__all__ = ["Cascade", "peer_of_addr", "is_signed_seed"]
 
 log = logging.getLogger("prozchain_discovery.cascade")
 
@@ -54,6 +64,10 @@ def peer_of_addr(text: str) -> tuple[ID, multiaddr.Multiaddr]:
     if pid is None:
         raise ValueError(f"{text} has no /p2p/<peer id>")
     return pid, strip_p2p(ma)
+
+
+def is_signed_seed(seed: str) -> bool:
+    return seed[: len(PZSEED_SCHEME)].lower() == PZSEED_SCHEME
 
 
 class Cascade:
@@ -87,10 +101,20 @@ class Cascade:
         self._said: dict[str, tuple[int, int, int]] = {}
         self._said_dns_wait = False
         self.dns_gate = DnsLookupGate(self.boot.dns_lookup_interval)
-        self.dns = DnsSeedResolver(
-            ResolverConfig(self.boot.dns.nameservers, self.boot.dns.port, self.boot.dns.timeout),
-            default_port=self.boot.dns_default_port,
-        )
+        resolver = ResolverConfig(self.boot.dns.nameservers, self.boot.dns.port, self.boot.dns.timeout)
+        self.dns = DnsSeedResolver(resolver, default_port=self.boot.dns_default_port)
+        self.plain_seeds = [s for s in self.boot.dns_seeds if not is_signed_seed(s)]
+        self.signed_seeds: list[SignedSeed] = []
+        txt = DnsTxt(resolver)
+        for i, text in enumerate(self.boot.dns_seeds):
+            if not is_signed_seed(text):
+                continue
+            try:
+                url = parse_url(text)
+            except SeedUrlError as exc:
+                raise ConfigError(f"bootstrap.dns_seeds[{i}]", f"{text!r}: {exc}") from None
+            self.signed_seeds.append(SignedSeed(url, txt, local_peer_id=self.local_id, rng=rng))
+        self._nursery: trio.Nursery | None = None  # run()'s: the background walks of signed seeds
         self.bootstrap_nodes = [peer_of_addr(t) for t in self.boot.bootstrap_nodes]
         for pid, _addr in self.bootstrap_nodes:
             dialer.keep_trying(pid)  # a bootstrap node is never given up
@@ -114,6 +138,14 @@ class Cascade:
         self._wake.set()
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._loop()
+            finally:
+                self._nursery = None
+
+    async def _loop(self) -> None:
         while True:
             if await self._wake.wait_until(self.schedule.next_deadline()):
                 self.schedule.kick(trio.current_time())
@@ -227,8 +259,7 @@ class Cascade:
         return answer.batch
 
     async def _phase_dns(self, need: int) -> None:
-        seeds = self.boot.dns_seeds
-        if not seeds:
+        if not self.boot.dns_seeds:
             return
         now = trio.current_time()
         if not self.dns_gate.may_lookup(now):
@@ -238,28 +269,22 @@ class Cascade:
             return
         self._said_dns_wait = False
         self.metrics.inc("dns_lookups")
-        results = await self.dns.resolve_all(list(seeds))
         by_peer: dict[ID, list[multiaddr.Multiaddr]] = {}
         bare: list[multiaddr.Multiaddr] = []  # A/AAAA answers: no peer id yet
-        for res in results:
-            for err in res.errors:
-                log.warning("dns seed %s: %s", res.seed, err)
-                self.metrics.inc("dns_errors", kind=err.kind)
-            if res.errors_dropped:
-                log.warning("dns seed %s: %d more errors not shown", res.seed, res.errors_dropped)
-                self.metrics.inc("dns_errors", res.errors_dropped, kind="more")
-            for ma in res.addrs:
-                pid = peer_id_of(ma)
-                if pid is None:
-                    bare.append(ma)
-                    continue
-                by_peer.setdefault(pid, []).append(strip_p2p(ma))
-        if not by_peer and not bare:
+        signed: list[DialTarget] = []
+        async with trio.open_nursery() as nursery:
+            if self.plain_seeds:
+                nursery.start_soon(self._plain_lookup, by_peer, bare)
+            for seed in self.signed_seeds:
+                nursery.start_soon(self._signed_lookup, seed, need, signed)
+        if not by_peer and not bare and not signed:
             # Only a lookup that gave addresses starts dns_lookup_interval (and goes to
             # state.json); a failed one is retried with backoff, not hours later.
             delay = self.dns_gate.record_failure(trio.current_time())
             self.metrics.inc("dns_lookup_failures")
-            log.warning("dns seeds: no addresses from %d seed(s); next try in %.0f s", len(seeds), delay)
+            log.warning("dns seeds: no addresses from %d seed(s); next try in %.0f s",
+                        len(self.boot.dns_seeds), delay)
+            self._save_state()  # a signed seed's new seq, even when its leaves were all refused
             return
         self.dns_gate.record_lookup(now)
         self._save_state()
@@ -273,8 +298,75 @@ class Cascade:
             self.book.db.add_addrs(pid, addrs, PeerSource.DNS, now)
             targets.append((pid, addrs, PeerSource.DNS))
         self.metrics.inc("dns_addrs", sum(len(a) for a in by_peer.values()))
+        targets += signed
         self.rng.shuffle(targets)
         await self.dialer.dial_many(targets, until=need)
+        if self._nursery is not None:
+            for seed in self.signed_seeds:
+                if seed.sync.phase is SyncPhase.TREE:
+                    self._nursery.start_soon(self._walk_rest, seed)
+
+    async def _plain_lookup(self, by_peer: dict[ID, list[multiaddr.Multiaddr]], bare: list[multiaddr.Multiaddr]) -> None:
+        """``/dnsaddr`` and A/AAAA seeds: whatever the resolver says is believed."""
+        for res in await self.dns.resolve_all(self.plain_seeds):
+            for err in res.errors:
+                log.warning("dns seed %s: %s", res.seed, err)
+                self.metrics.inc("dns_errors", kind=err.kind)
+            if res.errors_dropped:
+                log.warning("dns seed %s: %d more errors not shown", res.seed, res.errors_dropped)
+                self.metrics.inc("dns_errors", res.errors_dropped, kind="more")
+            for ma in res.addrs:
+                pid = peer_id_of(ma)
+                if pid is None:
+                    bare.append(ma)
+                    continue
+                by_peer.setdefault(pid, []).append(strip_p2p(ma))
+
+    async def _signed_lookup(self, seed: SignedSeed, need: int, out: list[DialTarget]) -> None:
+        """A ``pzseed://`` seed: ``need`` verified records (every leaf checked twice: the
+        operator's signature through the root and hashes, the peer's own)."""
+        started = trio.current_time()
+        leaves = await seed.lookup(need)
+        self.metrics.observe("dns_seed_lookup_seconds", trio.current_time() - started)
+        self._seed_metrics(seed, seed.sync.queries)  # a lookup starts a sync: its count from 0
+        if seed.seq is not None:
+            self.metrics.set_gauge("dns_seed_seq", seed.seq, seed=seed.url.domain)
+        if not leaves:
+            return
+        self.book.accept_records(leaves, PeerSource.DNS, seed.source_id)
+        out += [(r.peer_id, list(r.addrs), PeerSource.DNS) for r in leaves
+                if r.peer_id not in self.connections and r.peer_id != self.local_id]
+        log.info("dns seed %s: seq %s, %d verified peers in %d queries (%.2f s)", seed.url.domain,
+                 seed.seq, len(leaves), seed.sync.queries, trio.current_time() - started)
+
+    async def _walk_rest(self, seed: SignedSeed) -> None:
+        """The rest of a signed seed's tree, a few queries at a time, into the peer book."""
+        queries_before = seed.sync.queries
+
+        def learned(leaves: list[VerifiedRecord]) -> None:
+            self.book.accept_records(leaves, PeerSource.DNS, seed.source_id)
+
+        try:
+            await seed.walk_rest(learned)
+        finally:  # also when the next lookup stops it
+            self._seed_metrics(seed, seed.sync.queries - queries_before)
+        if seed.walked:
+            log.info("dns seed %s: tree walked, %d verified peers (seq %s)", seed.url.domain,
+                     seed.sync.leaves_verified, seed.seq)
+
+    def _seed_metrics(self, seed: SignedSeed, queries: int) -> None:
+        """Count ``queries`` and the leaves verified, and say what the sync refused since last time."""
+        self.metrics.inc("dns_seed_queries", max(0, queries))
+        fresh = seed.new_rejections()
+        for reason, n in fresh.items():
+            self.metrics.inc("dns_seed_rejected", n, reason=reason.value)
+        self.metrics.set_gauge("dns_seed_leaves_verified", seed.sync.leaves_verified, seed=seed.url.domain)
+        if fresh:
+            shown = "; ".join(f"{name[:24]}: {reason.value}{' (' + detail + ')' if detail else ''}"
+                              for name, reason, detail in seed.recent_rejections(3))
+            log.warning("dns seed %s refused %d entries (%s); e.g. %s", seed.url.domain, sum(fresh.values()),
+                        ", ".join(f"{r.value} {n}" for r, n in sorted(fresh.items(), key=lambda kv: kv[0].value)),
+                        shown)
 
     async def _phase_mdns(self, need: int) -> None:
         if not self.boot.enable_local_discovery:
@@ -300,10 +392,27 @@ class Cascade:
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s (%s): DNS seeds may be looked up at once", path, exc)
             return
-        last_wall = state.get("last_dns_lookup_wall") if isinstance(state, dict) else None
+        if not isinstance(state, dict):
+            log.warning("ignoring %s: not a JSON object", path)
+            return
+        last_wall = state.get("last_dns_lookup_wall")
         if isinstance(last_wall, int | float):
             elapsed = max(0.0, time.time() - last_wall)
             self.dns_gate.last_lookup = trio.current_time() - elapsed
+        kept = state.get("signed_seeds")
+        for seed in self.signed_seeds:
+            entry = kept.get(str(seed.url)) if isinstance(kept, dict) else None
+            if not isinstance(entry, dict):
+                continue
+            seq, root = entry.get("seq"), entry.get("root")
+            try:
+                root_hash = bytes.fromhex(root) if isinstance(root, str) else None
+            except ValueError:
+                root_hash = None
+            if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 and root_hash is not None:
+                seed.sync.seq, seed.sync.root_hash = seq, root_hash
+            else:
+                log.warning("ignoring the remembered root of %s in %s: damaged", seed.url.domain, path)
 
     def _save_state(self) -> None:
         path = self._state_path()
@@ -312,6 +421,10 @@ class Cascade:
         state: dict[str, Any] = {}
         if self.dns_gate.last_lookup is not None:
             state["last_dns_lookup_wall"] = time.time() - (trio.current_time() - self.dns_gate.last_lookup)
+        roots = {str(s.url): {"seq": s.seq, "root": s.root_hash.hex()}
+                 for s in self.signed_seeds if s.seq is not None and s.root_hash is not None}
+        if roots:
+            state["signed_seeds"] = roots  # rollback protection survives restarts
         try:
             atomic_write(path, json.dumps(state))
         except OSError as exc:
@@ -320,5 +433,8 @@ class Cascade:
 
     def status(self) -> dict[str, Any]:
         now = trio.current_time()
-        return {"phase": self.phase, "dns_next_lookup_in": round(self.dns_gate.next_allowed(now), 1)}
+        out: dict[str, Any] = {"phase": self.phase, "dns_next_lookup_in": round(self.dns_gate.next_allowed(now), 1)}
+        if self.signed_seeds:
+            out["signed_seeds"] = [seed.status() for seed in self.signed_seeds]
+        return out
 

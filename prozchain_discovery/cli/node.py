@@ -65,7 +65,7 @@ def node_config(args: argparse.Namespace) -> DiscoveryConfig:
             raise CliError(f"--config: {exc.problem}", code=2) from None
         raise CliError(f"--config {args.config}: {exc}", code=2) from None
     try:
-        return _apply_flags(cfg, args)
+        return _check_signed_seeds(_apply_flags(cfg, args))
     except ConfigError as exc:
         flag = _flag_for(exc.field, args, cfg)
         if flag is not None:
@@ -73,6 +73,20 @@ def node_config(args: argparse.Namespace) -> DiscoveryConfig:
         if args.config:  # a value from the file, refused only with the flags applied
             raise CliError(f"--config {args.config}: {exc}", code=2) from None
         raise
+
+
+def _check_signed_seeds(cfg: DiscoveryConfig) -> DiscoveryConfig:
+    """A ``pzseed://`` seed's key and domain are checked now (the cascade would refuse it at
+    start), so the error names the flag or the file."""
+    for i, seed in enumerate(cfg.bootstrap.dns_seeds):
+        if seed[:9].lower() == "pzseed://":
+            from ..dnsseed.url import SeedUrlError, parse_url  # imports libp2p's key code
+
+            try:
+                parse_url(seed)
+            except SeedUrlError as exc:
+                raise ConfigError(f"bootstrap.dns_seeds[{i}]", f"{seed!r}: {exc}") from None
+    return cfg
 
 
 def _apply_flags(cfg: DiscoveryConfig, args: argparse.Namespace) -> DiscoveryConfig:
