@@ -66,6 +66,10 @@ async def test_a_node_that_knows_only_the_seed_joins_its_peers_and_remembers_the
             assert node.metrics.get("dns_seed_queries") <= 1 + 2 + 4 + 3
             st = node.status()["signed_seeds"][0]
             assert st["seq"] == 7 and st["url"] == str(tree.url) and st["rejected"] == {}
+            from prozchain_discovery.cli.status import status_lines
+
+            text = "\n".join(status_lines(json.loads(json.dumps(node.status(), default=str))))
+            assert f"dns seed   {tree.url}  seq 7, 3 peers verified" in text
             assert all(node.db.get(p.local_id) is not None and node.db.get(p.local_id).envelope is not None
                        for p in peers)
         state = json.loads((data / "state.json").read_text())

@@ -24,6 +24,11 @@ def status_lines(st: dict[str, Any]) -> list[str]:
     ]
     for p in st["peers"]:
         out.append(f"{p['peer_id']:<54} {p['source']:<10} {p['direction']:<4} {p['for']:>7}  {p['addr']}")
+    for seed in st.get("signed_seeds") or []:
+        refused = ", ".join(f"{r} {n}" for r, n in (seed.get("rejected") or {}).items()) or "none"
+        walked = "tree walked" if seed.get("walked") else "walking" if seed.get("phase") == "tree" else seed.get("phase")
+        out.append(f"dns seed   {seed['url']}  seq {seed.get('seq')}, {seed.get('leaves_verified', 0)} peers "
+                   f"verified, {walked}; refused: {refused}")
     out += _nat_lines(st.get("nat") or {})
     relays, served = st.get("autorelay") or {}, st.get("relay_server") or {}
     if relays.get("relays") or served.get("serving"):
