@@ -124,3 +124,31 @@ async def test_the_rest_of_the_tree_is_walked_in_the_background_into_the_book(tm
         in_book = [ID.from_pubkey(identity(900 + i)[0].public_key) in node.db for i in range(40)]
         assert sum(in_book) >= 36  # the new table's slots may collide (bounded per source group)
         assert node.metrics.get("dns_seed_rejected") == 0
+
+
+async def test_a_re_sync_from_dnsmasq_asks_only_what_changed(tmp_path):
+    """The verified tree is kept: a new root with one peer's new record costs depth + 1 queries."""
+    from prozchain_discovery.bootstrap.dns import ResolverConfig
+    from prozchain_discovery.bootstrap.signed_seeds import DnsTxt, SignedSeed
+
+    seed_key = create_new_key_pair().private_key
+    records = dead_records(60)
+    key, pid = identity(900)
+    changed = sign_record(pid, [Multiaddr("/ip4/127.0.0.1/tcp/9")], key.private_key, seq=2)
+    v1 = build_tree(records, seed_key, DOMAIN, 1, max_entry_text=DNSMASQ_ENTRY)
+    v2 = build_tree([changed, *records[1:]], seed_key, DOMAIN, 2, max_entry_text=DNSMASQ_ENTRY)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with dnsmasq(tmp_path / "a", conf_files=[zone_file(tmp_path, v1, "v1.conf")]) as port1, \
+            dnsmasq(tmp_path / "b", conf_files=[zone_file(tmp_path, v2, "v2.conf")]) as port2:
+        seed = SignedSeed(v1.url, DnsTxt(ResolverConfig(("127.0.0.1",), port1, 2.0)))
+        first = await seed.lookup(8)
+        rest: list = []
+        await seed.walk_rest(rest.extend)
+        assert len(first) + len(rest) == 60 and seed.sync.complete and seed.sync.queries == len(v1.zone)
+        seed.query = DnsTxt(ResolverConfig(("127.0.0.1",), port2, 2.0))  # the operator published v2
+        again = await seed.lookup(8)
+        await seed.walk_rest(again.extend)
+        assert seed.seq == 2 and seed.sync.complete
+        assert seed.sync.queries == v2.depth + 1  # the root and the changed path only
+        assert [r.envelope_bytes for r in again] == [changed]  # only the new record is handed out

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import dns.asyncbackend
+import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import trio
@@ -53,8 +54,14 @@ class DnsTxt:
 
     def __init__(self, config: ResolverConfig | None = None) -> None:
         self.config = config or ResolverConfig()
-        self.resolver = make_resolver(self.config)
+        self._resolver: dns.asyncresolver.Resolver | None = None  # made at the first lookup
         self.queries = 0
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:
+            self._resolver = make_resolver(self.config)
+        return self._resolver
 
     async def __call__(self, name: str) -> TxtRecords:
         self.queries += 1
