@@ -12,7 +12,8 @@ Example ``node.toml``::
 
     [bootstrap]
     bootstrap_nodes = ["/ip4/198.51.100.7/tcp/4001/p2p/12D3KooW..."]
-    dns_seeds = ["/dnsaddr/seed.prozchain.test", "seed2.prozchain.test:4001"]
+    dns_seeds = ["/dnsaddr/seed.prozchain.test", "seed2.prozchain.test:4001",
+                 "pzseed://<52-char base32 key>@nodes.prozchain.test"]  # signed: protocols/dns-seed.md
     enable_local_discovery = true
     min_peers_for_startup = 8
     dns_lookup_interval = 300
