@@ -126,8 +126,10 @@ async def test_relayed_connection_is_upgraded_to_direct_and_the_relay_leg_closes
         await wait_until(lambda: a.hp.has_direct_connection(b.id) and b.hp.has_direct_connection(a.id), 20)
         await wait_until(lambda: isinstance(a.hp.result(b.id), HolepunchResult), 10)
         res = a.hp.result(b.id)
-        assert isinstance(res, HolepunchResult) and res.outcome == "direct" and res.attempts == 1
-        assert len(res.rtts) == 1 and res.time_to_direct is not None
+        # Usually the first attempt; on a loaded machine the loopback simultaneous open can lose
+        # its first race (seen in the classify-first test), and a second attempt is the design.
+        assert isinstance(res, HolepunchResult) and res.outcome == "direct" and 1 <= res.attempts <= 3
+        assert 1 <= len(res.rtts) <= res.attempts and res.time_to_direct is not None
         assert a.hp.metrics.get("holepunch_successes") == 1
         # only A (which accepted the relayed connection) drove: B never opened a DCUtR session
         assert b.hp.metrics.get("holepunch_attempts") == 0 and b.hp.result(a.id) is None
