@@ -81,7 +81,7 @@ class DnsTxt:
             raise TxtLookupError("error", name, f"{type(exc).__name__}: {exc}"[:160]) from None
         out: TxtRecords = []
         for i, rr in enumerate(answer):
-            if i >= MAX_TXT_ANSWER:  # one more than the core reads: it names the answer oversized
+            if i > MAX_TXT_ANSWER:  # one more than the core reads: it names the answer oversized
                 break
             out.append(list(rr.strings))  # type: ignore[attr-defined]
         return out
