@@ -1,0 +1,117 @@
+"""``seed crawl`` against a real loopback network: a bootstrap node and DiscoveryService nodes
+(PEX on, min_peer_age 0), one of them stopped after the network learned it."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import trio
+
+from prozchain_discovery.cli.seed_crawl import cmd_seed_crawl
+from prozchain_discovery.records import verify_record
+from tests.netutil import NET, Net, addr_of, cfg, wait_until
+
+pytestmark = [pytest.mark.network]
+
+NODES = 5
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base: dict[str, object] = dict(bootstrap=[], out="records.jsonl", network_id=NET, timeout=20.0,
+                                   max_peers=1000, dial_timeout=5.0)
+    base.update(kw)
+    return argparse.Namespace(command="seed", seed_command="crawl", **base)
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _envelope(line: dict) -> bytes:
+    text = line["envelope"]
+    assert "=" not in text
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def test_crawl_writes_live_peers_and_not_a_stopped_one(tmp_path, capfd):
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        boot = await net.node(cfg(min_peers=1, pex=True))
+        c = cfg(bootstrap=(addr_of(boot),), min_peers=2, pex=True)
+        nodes = [await net.node(c) for _ in range(NODES)]
+        async with AsyncExitStack() as gone_stack:
+            gone = await net.node(c, stack=gone_stack)
+            everyone = [boot, *nodes, gone]
+
+            def learned() -> bool:
+                # Every node joined, and the bootstrap node holds each one's signed record
+                # (what it answers from, gone included once gone is disconnected).
+                if not all(n.joined_at is not None for n in everyone[1:]):
+                    return False
+                return all((e := boot.db.get(n.local_id)) is not None and e.signed for n in everyone[1:])
+
+            await wait_until(learned, timeout=15)
+        # gone's host and service are stopped (its listener closed). A host stopped in-process
+        # leaves its TCP connections open: the others close theirs, as if its process had ended.
+        for n in everyone[:-1]:
+            await n.host.disconnect(gone.local_id)
+        await wait_until(lambda: gone.local_id not in boot.connected, timeout=10)
+
+        out = tmp_path / "records.jsonl"
+        args = _args(bootstrap=[addr_of(boot)], out=str(out))
+        t0 = trio.current_time()
+        code = await trio.to_thread.run_sync(cmd_seed_crawl, args)
+        took = trio.current_time() - t0
+        err = capfd.readouterr().err
+        print(f"\ncrawl of {NODES + 2} nodes ({NODES + 1} live) took {took:.2f} s\n{err}")
+        assert code == 0, err
+
+        lines = _read(out)
+        live = {str(n.local_id) for n in [boot, *nodes]}
+        assert {line["peer_id"] for line in lines} == live
+        assert str(gone.local_id) not in out.read_text()
+        for line in lines:
+            rec = verify_record(_envelope(line))
+            assert str(rec.peer_id) == line["peer_id"] and rec.seq == line["seq"]
+            assert [str(a) for a in rec.addrs] == line["addrs"]
+        # gone's record was seen (the bootstrap node still hands it out) but refused the dial.
+        assert "refused a dial 1" in err, err
+        assert f"written {len(live)}" in err
+
+        # --max-peers: the crawl stops at that many records.
+        few = tmp_path / "few.jsonl"
+        code = await trio.to_thread.run_sync(cmd_seed_crawl, _args(bootstrap=[addr_of(boot)], out=str(few), max_peers=2))
+        err = capfd.readouterr().err
+        assert code == 0, err
+        assert "crawl max-peers" in err and len(_read(few)) == 2
+        assert {line["peer_id"] for line in _read(few)} <= live
+
+
+async def test_crawl_skips_a_bootstrap_node_on_another_network(tmp_path, capfd):
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        other = await net.node(cfg(min_peers=1, pex=True, network_id="prozchain-other"))
+        out = tmp_path / "records.jsonl"
+        code = await trio.to_thread.run_sync(cmd_seed_crawl, _args(bootstrap=[addr_of(other)], out=str(out)))
+        err = capfd.readouterr().err
+    assert code == 1, err
+    assert f"skipped {other.local_id}: it is on network 'prozchain-other'" in err
+    assert not out.exists()
+
+
+def test_bootstrap_without_peer_id_is_one_line_and_exit_2(tmp_path, capfd):
+    out = tmp_path / "records.jsonl"
+    code = cmd_seed_crawl(_args(bootstrap=["/ip4/127.0.0.1/tcp/4001"], out=str(out)))
+    err = capfd.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: --bootstrap /ip4/127.0.0.1/tcp/4001: has no /p2p/<peer id>")
+    assert not out.exists()
+    code = cmd_seed_crawl(_args(bootstrap=["/ip4/nonsense"], out=str(out)))
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "/ip4/nonsense" in err
