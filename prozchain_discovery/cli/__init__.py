@@ -1,5 +1,5 @@
-"""``prozchain-discovery`` — run a node, show its status, classify this machine's NAT, or run a
-local demo network. One module per command; this one only dispatches.
+"""``prozchain-discovery`` — run a node, show its status, classify this machine's NAT, run a
+local demo network, or publish and check a signed DNS seed (``seed``). One module per command; this one only dispatches.
 
 Each command's module is imported when that command runs: ``--help``, ``status`` and ``nat``
 never pay for importing libp2p (about a second of CPU, ../shared/notes/py-libp2p-0.8.1.md item
@@ -43,8 +43,20 @@ def main(argv: list[str] | None = None) -> int:
         from .tools import cmd_demo
 
         return cmd_demo(args)
+    if args.command == "seed":
+        return _seed(args)
     parser.print_help()
     return 0
+
+
+def _seed(args: Any) -> int:
+    if args.seed_command == "crawl":
+        from .seed_crawl import cmd_seed_crawl
+
+        return cmd_seed_crawl(args)
+    from .seed import cmd_seed_build, cmd_seed_verify
+
+    return cmd_seed_build(args) if args.seed_command == "build" else cmd_seed_verify(args)
 
 
 def __getattr__(name: str) -> Any:

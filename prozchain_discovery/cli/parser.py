@@ -17,6 +17,41 @@ examples:
   prozchain-discovery node --metrics-listen 127.0.0.1:9464
   prozchain-discovery status --data-dir ~/.local/share/prozchain-discovery
   prozchain-discovery demo --nodes 30
+  prozchain-discovery seed crawl --bootstrap /ip4/192.0.2.7/tcp/4001/p2p/12D3KooW... --out records.jsonl
+  prozchain-discovery seed build --key seed.key --domain seed.example.org --seq 2 records.jsonl > zone.conf
+  prozchain-discovery seed verify pzseed://<key>@seed.example.org --dns-server 127.0.0.1:5353
+"""
+
+SEED_DESCRIPTION = """\
+Operator tools for signed DNS seeds (pzseed v1, protocols/dns-seed.md): a node configured with
+--dns-seed pzseed://<key>@<domain> accepts only peers from a tree signed by that key.
+
+  1. seed crawl   collect signed peer records from a running network (records.jsonl)
+  2. seed build   sign them into a TXT tree: a dnsmasq conf file or a BIND zone fragment
+  3. seed verify  walk the published tree over DNS as a node would, and check every entry
+"""
+
+BUILD_DESCRIPTION = """\
+Sign the records of RECORDS (seed crawl's output: one JSON object a line, its "envelope" a
+signed peer record) into a pzseed v1 TXT tree for DOMAIN. The zone goes to stdout, the seed's
+pzseed://<key>@<domain> URL (what nodes are given with --dns-seed) and a summary to stderr.
+
+The key: any libp2p Ed25519 private key file, e.g. a node's identity key <data-dir>/identity.key
+(`prozchain-discovery node --data-dir DIR` creates one, mode 0600); the URL is derived from it.
+Keep it for the next build: a new key is a new URL.
+
+Every record is verified first: one that does not verify stops the build (or is skipped with
+--skip-invalid); one too big for a leaf is skipped with a warning naming the peer.
+"""
+
+BUILD_EPILOG = """\
+serving it:
+  dnsmasq: prozchain-discovery seed build ... --format dnsmasq records.jsonl > zone.conf
+           dnsmasq --conf-file=zone.conf   (or conf-file=zone.conf in dnsmasq.conf; every line
+           is at most 1020 characters, within dnsmasq's limit)
+  BIND:    --format bind writes NAME. 300 IN TXT "..." lines; include them in the zone that
+           holds DOMAIN and reload it.
+Publish each new tree with a higher --seq (e.g. $(date +%s)): nodes refuse a lower one.
 """
 
 
@@ -48,6 +83,26 @@ def at_least_one(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def seq_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sequence number (0 to 2**64-1)")
+    return value
+
+
+def udp_size_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 512 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS payload size (512 to 65535 bytes)")
     return value
 
 
@@ -148,4 +203,76 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=positive_seconds, default=60.0, help="give up after S seconds")
     demo.add_argument("--log-level", type=log_level_arg, default="WARNING", metavar="LEVEL",
                       help="DEBUG, INFO, WARNING or ERROR (default WARNING)")
+    _add_seed(sub)
     return parser
+
+
+def _add_seed(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    seed = sub.add_parser(
+        "seed",
+        help="operator tools for signed DNS seeds: crawl, build, verify",
+        description=SEED_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    seed_sub = seed.add_subparsers(dest="seed_command", metavar="SEED_COMMAND", required=True)
+
+    crawl = seed_sub.add_parser(
+        "crawl",
+        help="collect signed peer records from a running network into a records file",
+        description="Ask the bootstrap nodes (and the peers they name, with PEX) for signed peer "
+        "records, keep the ones whose peer answered a dial, and write them to --out, one JSON "
+        "object a line (the input of seed build).",
+    )
+    crawl.add_argument("--bootstrap", metavar="MA", action="append", required=True,
+                       help="a node to start from, a full multiaddr with /p2p/<id> (repeatable)")
+    crawl.add_argument("--out", metavar="PATH", required=True, help="the records file to write")
+    crawl.add_argument("--network-id", metavar="ID", default="prozchain-mainnet",
+                       help="network to crawl (default prozchain-mainnet)")
+    crawl.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+                       help="stop crawling after this long (default 30)")
+    crawl.add_argument("--max-peers", type=at_least_one, default=1000, metavar="N",
+                       help="stop after N peers answered (default 1000)")
+    crawl.add_argument("--dial-timeout", type=positive_seconds, default=5.0, metavar="SECONDS",
+                       help="give up on a peer's dial after this long (default 5)")
+
+    build = seed_sub.add_parser(
+        "build",
+        help="sign a records file into a DNS seed zone (dnsmasq or BIND) on stdout",
+        description=BUILD_DESCRIPTION,
+        epilog=BUILD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument("records", metavar="RECORDS", help="records file (JSON lines, from seed crawl)")
+    build.add_argument("--key", metavar="KEYFILE", required=True,
+                       help="libp2p Ed25519 private key file, e.g. <data-dir>/identity.key of a node")
+    build.add_argument("--domain", metavar="DOMAIN", required=True,
+                       help="where the tree's root TXT record is served, e.g. seed.example.org")
+    build.add_argument("--seq", type=seq_arg, metavar="N", required=True,
+                       help="the tree's sequence number, higher than the last one published")
+    build.add_argument("--format", choices=("dnsmasq", "bind"), default="dnsmasq",
+                       help="dnsmasq txt-record= lines (default) or a BIND zone fragment")
+    build.add_argument("--udp-size", type=udp_size_arg, default=1232, metavar="BYTES",
+                       help="every answer fits a UDP response of this size (default 1232; 512: no EDNS)")
+    build.add_argument("--skip-invalid", action="store_true",
+                       help="skip records that do not verify (with a warning) instead of stopping")
+
+    verify = seed_sub.add_parser(
+        "verify",
+        help="walk a published DNS seed and check every entry (exit 0 only if all verifies)",
+        description="Walk the whole tree of a seed over DNS, as a node would: the root's signature "
+        "against the URL's key, every hash on the way down, every leaf's signed peer record. "
+        "Prints a summary and every rejected entry with its name and reason; exits 0 only when "
+        "the whole tree verifies (and, with --records, its leaves are exactly that file's "
+        "records), 1 otherwise, 2 on bad input.",
+    )
+    verify.add_argument("url", metavar="URL", help="the seed, pzseed://<key>@<domain> (seed build prints it)")
+    verify.add_argument("--dns-server", metavar="IP[:PORT]",
+                        help="resolver to ask, by address (default: the system resolver)")
+    verify.add_argument("--timeout", type=positive_seconds, default=5.0, metavar="S",
+                        help="give up on one lookup after S seconds (default 5)")
+    verify.add_argument("--records", metavar="FILE",
+                        help="also check that the verified leaves are exactly this records file's "
+                        "(each peer's newest record): missing, extra and differing peers are listed")
+    verify.add_argument("--last-seq", type=seq_arg, metavar="N",
+                        help="refuse a root with a lower sequence number (rollback), as a node that saw N does")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
