@@ -15,6 +15,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import re
 import stat
 import sys
 import time
@@ -48,6 +49,7 @@ __all__ = [
 DNSMASQ_MAX_LINE = 1020
 BIND_TTL = 300
 _TXT_PREFIX = "txt-record="
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,11 @@ def _decode_envelope(text: object) -> bytes:
     """base64url (unpadded, as ``seed crawl`` writes it; padding tolerated) → bytes."""
     if not isinstance(text, str) or not text:
         raise ValueError('"envelope" must be a non-empty base64url string')
+    body = text.rstrip("=")
+    if not _BASE64URL.fullmatch(body) or len(body) % 4 == 1 or len(text) - len(body) > 2:
+        raise ValueError('"envelope" is not base64url')
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except (binascii.Error, ValueError):
         raise ValueError('"envelope" is not base64url') from None
 
