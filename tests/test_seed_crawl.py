@@ -115,3 +115,19 @@ def test_bootstrap_without_peer_id_is_one_line_and_exit_2(tmp_path, capfd):
     code = cmd_seed_crawl(_args(bootstrap=["/ip4/nonsense"], out=str(out)))
     err = capfd.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "/ip4/nonsense" in err
+
+
+async def test_crawl_stops_at_timeout_and_writes_nothing_without_an_answer(tmp_path, capfd):
+    from tests.conftest import identity
+    from tests.netutil import black_hole
+
+    sock, addr = black_hole()  # accepts TCP, never speaks: the dial hangs until the deadline
+    with sock:
+        out = tmp_path / "records.jsonl"
+        args = _args(bootstrap=[f"{addr}/p2p/{identity(970)[1]}"], out=str(out), timeout=0.5, dial_timeout=5.0)
+        code = await trio.to_thread.run_sync(cmd_seed_crawl, args)
+    err = capfd.readouterr().err
+    assert code == 1, err
+    assert "crawl timeout after 0.5 s" in err and "written 0" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: no record to write")
+    assert not out.exists()
