@@ -163,7 +163,8 @@ def test_verify_json_and_records_mismatch(files, tmp_path, capsys):
     code, zone, _ = build(capsys, key, records)
     assert code == 0
     (tmp_path / "zone.conf").write_text(zone)
-    other = write_records(tmp_path / "other.jsonl", [(i, 1) for i in range(2, 32)])  # 1 gone, 31 new
+    # Peer 1 gone, peer 31 new, peer 2 with a newer record.
+    other = write_records(tmp_path / "other.jsonl", [(i, 1) for i in range(3, 32)] + [(2, 2)])
     with dnsmasq(tmp_path, conf_files=[tmp_path / "zone.conf"]) as port:
         base = ["seed", "verify", str(url()), "--dns-server", f"127.0.0.1:{port}"]
         assert main([*base, "--json", "--records", str(records)]) == 0
@@ -174,10 +175,11 @@ def test_verify_json_and_records_mismatch(files, tmp_path, capsys):
         assert report["queries"] == 34  # the root and 33 names, each once
         assert main([*base, "--records", str(other)]) == 1
         out, err = capsys.readouterr()
-    pid1, pid31 = identity(1)[1].to_base58(), identity(31)[1].to_base58()
-    assert f"missing {identity(31)[1].to_base58()} ({other}:30)" in out
-    assert f"extra {pid1}" in out and pid31 in out
-    assert one_error(err) == f"error: the leaves differ from {other}: 1 missing, 1 extra"
+    pid = {i: identity(i)[1].to_base58() for i in (1, 2, 31)}
+    assert f"missing {pid[31]} ({other}:29)\n" in out
+    assert f"extra {pid[1]}\n" in out
+    assert f"differs {pid[2]} (tree seq 1, {other}:30 seq 2)\n" in out
+    assert one_error(err) == f"error: the leaves differ from {other}: 1 missing, 1 extra, 1 differs"
 
 
 def test_verify_input_errors_are_one_line(tmp_path, capsys):
