@@ -184,6 +184,8 @@ class Crawler:
             why = await self._dial(pid, addrs)
         if why is not None:
             self.report.refused.append(pid)
+            if peer.bootstrap:  # the operator named it: say why it gave nothing
+                self.say(f"bootstrap node {pid} at {', '.join(map(str, addrs))} did not answer a dial: {why}")
             log.debug("%s did not answer a dial: %s", pid, why)
             return
         peer.dial_ok, peer.dialed = True, rec

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
+import functools
 import json
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from prozchain_discovery.cli.seed_crawl import cmd_seed_crawl
+from prozchain_discovery.cli import main
 from prozchain_discovery.records import verify_record
 from tests.netutil import NET, Net, addr_of, cfg, wait_until
 
@@ -21,11 +21,16 @@ pytestmark = [pytest.mark.network]
 NODES = 5
 
 
-def _args(**kw: object) -> argparse.Namespace:
-    base: dict[str, object] = dict(bootstrap=[], out="records.jsonl", network_id=NET, timeout=20.0,
-                                   max_peers=1000, dial_timeout=5.0)
-    base.update(kw)
-    return argparse.Namespace(command="seed", seed_command="crawl", **base)
+def _argv(bootstrap: list[str], out: Path, *extra: str) -> list[str]:
+    argv = ["seed", "crawl", "--out", str(out), "--network-id", NET, "--timeout", "20"]
+    for ma in bootstrap:
+        argv += ["--bootstrap", ma]
+    return argv + list(extra)
+
+
+async def _crawl(bootstrap: list[str], out: Path, *extra: str) -> int:
+    """``prozchain-discovery seed crawl`` in a worker thread (its own trio.run), the network here."""
+    return await trio.to_thread.run_sync(functools.partial(main, _argv(bootstrap, out, *extra)))
 
 
 def _read(path: Path) -> list[dict]:
@@ -63,9 +68,8 @@ async def test_crawl_writes_live_peers_and_not_a_stopped_one(tmp_path, capfd):
         await wait_until(lambda: gone.local_id not in boot.connected, timeout=10)
 
         out = tmp_path / "records.jsonl"
-        args = _args(bootstrap=[addr_of(boot)], out=str(out))
         t0 = trio.current_time()
-        code = await trio.to_thread.run_sync(cmd_seed_crawl, args)
+        code = await _crawl([addr_of(boot)], out)
         took = trio.current_time() - t0
         err = capfd.readouterr().err
         print(f"\ncrawl of {NODES + 2} nodes ({NODES + 1} live) took {took:.2f} s\n{err}")
@@ -85,7 +89,7 @@ async def test_crawl_writes_live_peers_and_not_a_stopped_one(tmp_path, capfd):
 
         # --max-peers: the crawl stops at that many records.
         few = tmp_path / "few.jsonl"
-        code = await trio.to_thread.run_sync(cmd_seed_crawl, _args(bootstrap=[addr_of(boot)], out=str(few), max_peers=2))
+        code = await _crawl([addr_of(boot)], few, "--max-peers", "2")
         err = capfd.readouterr().err
         assert code == 0, err
         assert "crawl max-peers" in err and len(_read(few)) == 2
@@ -97,7 +101,7 @@ async def test_crawl_skips_a_bootstrap_node_on_another_network(tmp_path, capfd):
         net = Net(stack)
         other = await net.node(cfg(min_peers=1, pex=True, network_id="prozchain-other"))
         out = tmp_path / "records.jsonl"
-        code = await trio.to_thread.run_sync(cmd_seed_crawl, _args(bootstrap=[addr_of(other)], out=str(out)))
+        code = await _crawl([addr_of(other)], out)
         err = capfd.readouterr().err
     assert code == 1, err
     assert f"skipped {other.local_id}: it is on network 'prozchain-other'" in err
@@ -106,13 +110,13 @@ async def test_crawl_skips_a_bootstrap_node_on_another_network(tmp_path, capfd):
 
 def test_bootstrap_without_peer_id_is_one_line_and_exit_2(tmp_path, capfd):
     out = tmp_path / "records.jsonl"
-    code = cmd_seed_crawl(_args(bootstrap=["/ip4/127.0.0.1/tcp/4001"], out=str(out)))
+    code = main(_argv(["/ip4/127.0.0.1/tcp/4001"], out))
     err = capfd.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: --bootstrap /ip4/127.0.0.1/tcp/4001: has no /p2p/<peer id>")
     assert not out.exists()
-    code = cmd_seed_crawl(_args(bootstrap=["/ip4/nonsense"], out=str(out)))
+    code = main(_argv(["/ip4/nonsense"], out))
     err = capfd.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "/ip4/nonsense" in err
 
@@ -124,10 +128,25 @@ async def test_crawl_stops_at_timeout_and_writes_nothing_without_an_answer(tmp_p
     sock, addr = black_hole()  # accepts TCP, never speaks: the dial hangs until the deadline
     with sock:
         out = tmp_path / "records.jsonl"
-        args = _args(bootstrap=[f"{addr}/p2p/{identity(970)[1]}"], out=str(out), timeout=0.5, dial_timeout=5.0)
-        code = await trio.to_thread.run_sync(cmd_seed_crawl, args)
+        code = await _crawl([f"{addr}/p2p/{identity(970)[1]}"], out, "--timeout", "0.5")
     err = capfd.readouterr().err
     assert code == 1, err
     assert "crawl timeout after 0.5 s" in err and "written 0" in err
     assert err.rstrip().splitlines()[-1].startswith("error: no record to write")
     assert not out.exists()
+
+
+async def test_a_node_that_is_not_the_named_peer_does_not_answer_the_dial(tmp_path, capfd):
+    from tests.conftest import identity
+
+    async with AsyncExitStack() as stack:
+        net = Net(stack)
+        node = await net.node(cfg(min_peers=1, pex=True))
+        transport = addr_of(node).split("/p2p/")[0]
+        out = tmp_path / "records.jsonl"
+        impostor = identity(971)[1]  # Noise proves the listener is node, not this peer id
+        code = await _crawl([f"{transport}/p2p/{impostor}"], out)
+        err = capfd.readouterr().err
+    assert code == 1, err
+    assert f"bootstrap node {impostor} at {transport} did not answer a dial" in err
+    assert "refused a dial 1" in err and not out.exists()
