@@ -11,14 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dns.zone
 import pytest
 from libp2p.crypto.secp256k1 import create_new_key_pair as new_secp256k1
 from multiaddr import Multiaddr
 
 from prozchain_discovery.cli import build_parser, main
 from prozchain_discovery.cli.seed import DNSMASQ_MAX_LINE
+from prozchain_discovery.cli.seed_crawl import record_line
 from prozchain_discovery.config import DEFAULT_NETWORK_ID
-from prozchain_discovery.records import sign_record
+from prozchain_discovery.dnsseed.sync import SeedSync, walk_zone
+from prozchain_discovery.records import sign_record, verify_record
 from tests.conftest import identity
 from tests.dnsmasq import dnsmasq
 from tests.test_cli_imports import HOST_ONLY, _top_modules
@@ -60,6 +63,29 @@ def test_build_bind_fragment(files, capsys):
     *rest, summary, seed_url = err.splitlines()
     assert rest == [] and seed_url == str(url())
     assert summary == "30 leaves, depth 3, fanout 22, 34 names, seq 7"  # no line limit: 22 a branch
+
+
+def test_bind_fragment_is_a_zone_that_walks_completely(files, capsys):
+    """dnspython reads the fragment as zone text; its TXT records walk to every record."""
+    code, out, _ = build(capsys, *files, fmt="bind")
+    assert code == 0
+    zone = dns.zone.from_text(out, origin="test.", relativize=False, check_origin=False)
+    records: dict[str, list[str]] = {}
+    for name, rdataset in zone.iterate_rdatasets("TXT"):
+        assert rdataset.ttl == 300 and len(rdataset) == 1
+        records[name.to_text(omit_final_dot=True)] = [s.decode() for s in rdataset[0].strings]
+    sync = SeedSync(url())
+    walk_zone(sync, records)
+    assert sync.complete and not sync.rejections
+    assert sorted(r.envelope_bytes for r in sync.tree_leaves()) == sorted(envelope(i) for i in range(1, 31))
+
+
+def test_build_reads_what_seed_crawl_writes(tmp_path, capsys):
+    recs = [verify_record(envelope(i)) for i in range(1, 6)]
+    path = tmp_path / "crawled.jsonl"
+    path.write_text("".join(record_line(r) + "\n" for r in recs))
+    code, out, err = build(capsys, write_key(tmp_path / "k.key"), path)
+    assert code == 0 and err.splitlines()[-2].startswith("5 leaves, depth 2")
 
 
 def test_build_through_the_installed_command(files, tmp_path):
