@@ -237,8 +237,13 @@ def _build(args: argparse.Namespace) -> int:
     budget = entry_budget(domain, args.udp_size)
     if max_text is not None:
         budget = min(budget, max_text)
-    envelopes: list[bytes] = []
+    newest: dict[object, RecordLine] = {}  # one record per peer, its highest seq (as build_tree)
     for line in records:
+        prev = newest.get(line.record.peer_id)
+        if prev is None or line.record.seq > prev.record.seq:
+            newest[line.record.peer_id] = line
+    envelopes: list[bytes] = []
+    for line in newest.values():  # a peer's newest record too big: not its older one instead
         size = len(encode_leaf(line.record.envelope_bytes))
         if size > budget:
             print(f"warning: {line.where}: peer {line.record.peer_id}: its record makes a "
