@@ -40,7 +40,7 @@ from .host import make_host
 from .libp2p_fixes import run_host
 from .net import exchange
 from .net.frames import read_frame
-from .records import RecordError, VerifiedRecord, verify_many, verify_record
+from .records import RecordError, RecordRejection, VerifiedRecord, verify_many, verify_record
 from .service import LOOPBACK_ONLY_ENV
 from .wire.messages import (
     BOOTSTRAP_PROTOCOL,
@@ -137,9 +137,10 @@ class Crawler:
         self._send.send_nowait(pid)
         return True
 
-    def _learn(self, records: Sequence[VerifiedRecord], rejected: dict) -> None:
+    def _learn(self, records: Sequence[VerifiedRecord], rejected: dict[RecordRejection, int]) -> None:
         for reason, n in rejected.items():
-            self.report.rejected[reason.value] += n
+            if reason is not RecordRejection.SELF:  # our own record, from a peer we asked: not bad
+                self.report.rejected[reason.value] += n
         for rec in records:
             prev = self.best.get(rec.peer_id)
             if prev is None:

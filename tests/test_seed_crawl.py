@@ -150,3 +150,29 @@ async def test_a_node_that_is_not_the_named_peer_does_not_answer_the_dial(tmp_pa
     assert code == 1, err
     assert f"bootstrap node {impostor} at {transport} did not answer a dial" in err
     assert "refused a dial 1" in err and not out.exists()
+
+
+def test_the_newest_record_is_written_unless_it_drops_the_address_that_answered():
+    from multiaddr import Multiaddr
+
+    from prozchain_discovery.crawl import Crawler, _Peer
+    from prozchain_discovery.records import sign_record
+    from tests.conftest import identity
+
+    class _Host:
+        def get_id(self):
+            return identity(980)[1]
+
+    a, b = Multiaddr("/ip4/127.0.0.1/tcp/1001"), Multiaddr("/ip4/127.0.0.1/tcp/1002")
+    (key1, p1), (key2, p2) = identity(981), identity(982)
+    old1, old2 = (verify_record(sign_record(p, [a], k.private_key, seq=1)) for k, p in ((key1, p1), (key2, p2)))
+    crawler = Crawler(_Host(), NET)  # type: ignore[arg-type]
+    crawler._learn([old1, old2], {})
+    for pid, old in ((p1, old1), (p2, old2)):  # both dialed at a, with their seq 1 record
+        peer: _Peer = crawler.peers[pid]
+        peer.dial_ok, peer.dialed, peer.answered_at, peer.confirmed = True, old, a, True
+        crawler._kept.append(pid)
+    crawler._learn([verify_record(sign_record(p1, [a, b], key1.private_key, seq=2)),  # still lists a
+                    verify_record(sign_record(p2, [b], key2.private_key, seq=2))], {})  # a dropped
+    seqs = {rec.peer_id: rec.seq for rec in crawler._finish().records}
+    assert seqs == {p1: 2, p2: 1}
