@@ -91,6 +91,18 @@ def load_or_create_key(key_file: str | Path) -> tuple[KeyPair, bool]:
     return KeyPair(private, private.get_public_key()), False
 
 
+def create_key_file(key_file: str | Path) -> KeyPair:
+    """A new Ed25519 key written to ``key_file`` (mode 0600) — e.g. a DNS seed's signing key.
+
+    Refuses (:class:`KeyFileError`) when anything is at ``key_file`` already: replacing a key
+    changes the peer id or the seed URL of whoever uses it.
+    """
+    path = Path(key_file)
+    if path.exists() or path.is_symlink():
+        raise KeyFileError(f"{path} exists; refusing to replace a key (a new key means a new seed URL)")
+    return _create_key(path)
+
+
 def _create_key(path: Path) -> KeyPair:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -261,3 +261,26 @@ def test_seed_help_explains_and_imports_no_host(capsys):
     for argv in (["seed", "--help"], ["seed", "build", "--help"], ["seed", "verify", "--help"]):
         code, modules = _top_modules(*argv)
         assert code == 0 and not modules & set(HOST_ONLY) and "trio" not in modules, argv
+
+
+# ---- seed key ----------------------------------------------------------------------------------
+
+def test_seed_key_makes_an_offline_key_that_builds_and_verifies(tmp_path, capsys):
+    key = tmp_path / "offline" / "seed.key"
+    assert main(["seed", "key", "--out", str(key), "--domain", "Seed.Test"]) == 0
+    out, err = capsys.readouterr()
+    seed_url = out.strip()
+    assert seed_url.startswith("pzseed://") and seed_url.endswith("@seed.test") and "Traceback" not in err
+    assert key.stat().st_mode & 0o777 == 0o600
+    before = key.read_bytes()
+    assert main(["seed", "key", "--out", str(key)]) == 2  # never replaced
+    assert "exists" in one_error(capsys.readouterr().err) and key.read_bytes() == before
+    assert main(["seed", "key", "--out", str(tmp_path / "k2"), "--domain", "bad..domain"]) == 2
+    assert one_error(capsys.readouterr().err).startswith("error: --domain: ")
+    records = write_records(tmp_path / "records.jsonl", [(i, 1) for i in range(1, 6)])
+    code, zone, err = build(capsys, key, records)
+    assert code == 0 and err.splitlines()[-1] == seed_url  # build derives the same URL from the key
+    (tmp_path / "zone.conf").write_text(zone)
+    with dnsmasq(tmp_path, conf_files=[tmp_path / "zone.conf"]) as port:
+        assert main(["seed", "verify", seed_url, "--dns-server", f"127.0.0.1:{port}",
+                     "--records", str(records)]) == 0

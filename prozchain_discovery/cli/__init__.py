@@ -54,8 +54,10 @@ def _seed(args: Any) -> int:
         from .seed_crawl import cmd_seed_crawl
 
         return cmd_seed_crawl(args)
-    from .seed import cmd_seed_build, cmd_seed_verify
+    from .seed import cmd_seed_build, cmd_seed_key, cmd_seed_verify
 
+    if args.seed_command == "key":
+        return cmd_seed_key(args)
     return cmd_seed_build(args) if args.seed_command == "build" else cmd_seed_verify(args)
 
 

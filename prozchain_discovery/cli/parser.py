@@ -14,6 +14,7 @@ examples:
   prozchain-discovery node --listen /ip4/0.0.0.0/tcp/4001 --bootstrap-node
   prozchain-discovery node --bootstrap /ip4/192.0.2.7/tcp/4001/p2p/12D3KooW... --mdns
   prozchain-discovery node --dns-seed /dnsaddr/seed.example.org --dns-server 127.0.0.1:5353
+  prozchain-discovery node --dns-seed pzseed://<52-char key>@nodes.example.org
   prozchain-discovery node --metrics-listen 127.0.0.1:9464
   prozchain-discovery status --data-dir ~/.local/share/prozchain-discovery
   prozchain-discovery demo --nodes 30
@@ -24,8 +25,10 @@ examples:
 
 SEED_DESCRIPTION = """\
 Operator tools for signed DNS seeds (pzseed v1, protocols/dns-seed.md): a node configured with
---dns-seed pzseed://<key>@<domain> accepts only peers from a tree signed by that key.
+--dns-seed pzseed://<key>@<domain> takes from that seed only signed peer records in a tree
+signed by that key: a DNS path can withhold them, not forge, swap or roll them back.
 
+  0. seed key     make the seed's signing key once (keep it offline), print the URL
   1. seed crawl   collect signed peer records from a running network (records.jsonl)
   2. seed build   sign them into a TXT tree: a dnsmasq conf file or a BIND zone fragment
   3. seed verify  walk the published tree over DNS as a node would, and check every entry
@@ -36,8 +39,8 @@ Sign the records of RECORDS (seed crawl's output: one JSON object a line, its "e
 signed peer record) into a pzseed v1 TXT tree for DOMAIN. The zone goes to stdout, the seed's
 pzseed://<key>@<domain> URL (what nodes are given with --dns-seed) and a summary to stderr.
 
-The key: any libp2p Ed25519 private key file, e.g. a node's identity key <data-dir>/identity.key
-(`prozchain-discovery node --data-dir DIR` creates one, mode 0600); the URL is derived from it.
+The key: any libp2p Ed25519 private key file: one made by `seed key --out FILE` (kept offline),
+or a node's identity key <data-dir>/identity.key; the URL is derived from it.
 Keep it for the next build: a new key is a new URL.
 
 Every record is verified first: one that does not verify stops the build (or is skipped with
@@ -148,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--static", metavar="MA", action="append", default=[],
                       help="static peer: always kept connected, re-dialed when lost (repeatable)")
     node.add_argument("--dns-seed", metavar="SEED", action="append", default=[],
-                      help="DNS seed: /dnsaddr/<domain>, or a host name[:port] (repeatable)")
+                      help="DNS seed: pzseed://<key>@<domain> (signed: only peers the key's owner "
+                      "listed; see seed --help), /dnsaddr/<domain>, or a host name[:port] (repeatable)")
     node.add_argument("--dns-server", metavar="IP[:PORT]",
                       help="resolver for DNS seeds, by address (default: the system resolver)")
     node.add_argument("--network-id", metavar="ID", help="network to join (default prozchain-mainnet)")
@@ -234,6 +238,16 @@ def _add_seed(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                        help="stop after N peers answered (default 1000)")
     crawl.add_argument("--dial-timeout", type=positive_seconds, default=5.0, metavar="SECONDS",
                        help="give up on a peer's dial after this long (default 5)")
+
+    key = seed_sub.add_parser(
+        "key",
+        help="make a new Ed25519 signing key for a seed and print its pzseed:// URL",
+        description="Write a new libp2p Ed25519 private key to --out (mode 0600; an existing file "
+        "is never replaced) and print the seed URL nodes will use. Any node's identity key "
+        "(<data-dir>/identity.key) also works with seed build, but a seed key kept offline is safer.",
+    )
+    key.add_argument("--out", metavar="KEYFILE", required=True, help="where to write the key")
+    key.add_argument("--domain", metavar="DOMAIN", help="the seed's domain, to print the whole URL")
 
     build = seed_sub.add_parser(
         "build",

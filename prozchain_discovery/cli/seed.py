@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..records import VerifiedRecord
 
 __all__ = [
+    "cmd_seed_key",
     "cmd_seed_build",
     "cmd_seed_verify",
     "read_records",
@@ -208,6 +209,31 @@ def bind_zone(zone: Mapping[str, Sequence[str]], domain: str, header: Iterable[s
         _check_strings(name, zone[name])
         lines.append(f"{name}. {ttl} IN TXT " + " ".join(f'"{s}"' for s in zone[name]))
     return "\n".join(lines) + "\n"
+
+
+# ---- seed key ---------------------------------------------------------------------------------
+
+def cmd_seed_key(args: argparse.Namespace) -> int:
+    """A new signing key for a seed (offline, kept apart from any node's identity key)."""
+    from ..dnsseed.url import SeedUrl, b32encode, normalize_domain
+    from ..host import KeyFileError, create_key_file
+
+    try:
+        domain = normalize_domain(args.domain) if args.domain else None
+    except ValueError as exc:
+        print(f"error: --domain: {exc}", file=sys.stderr)
+        return 2
+    try:
+        pair = create_key_file(args.out)
+    except KeyFileError as exc:
+        print(f"error: --out: {exc}", file=sys.stderr)
+        return 2
+    if domain is not None:
+        print(SeedUrl.for_key(pair.public_key, domain))
+    else:
+        print(f"pzseed://{b32encode(pair.public_key.to_bytes())}@<domain>")
+    print(f"wrote {args.out} (mode 0600): keep it offline and backed up; nodes trust this key", file=sys.stderr)
+    return 0
 
 
 # ---- seed build -------------------------------------------------------------------------------
