@@ -19,7 +19,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -238,15 +238,24 @@ def cmd_seed_key(args: argparse.Namespace) -> int:
 
 # ---- seed build -------------------------------------------------------------------------------
 
-def cmd_seed_build(args: argparse.Namespace) -> int:
+def _command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A seed command's exit: a CliError is its one ``error:`` line and code; Ctrl-C is 130; a
+    pipe closed by the reader (``| head``) is not an error."""
     try:
-        return _build(args)
+        return run(args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except BrokenPipeError:  # e.g. piped into head: not an error
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
         sys.stderr.close()
         return 0
+
+
+def cmd_seed_build(args: argparse.Namespace) -> int:
+    return _command(_build, args)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -325,17 +334,7 @@ def parse_dns_server(text: str) -> tuple[str, int]:
 
 
 def cmd_seed_verify(args: argparse.Namespace) -> int:
-    try:
-        return _verify(args)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        sys.stderr.close()
-        return 0
+    return _command(_verify, args)
 
 
 def _depth(answers: Mapping[str, str], url_domain: str, top: bytes | None) -> int:
