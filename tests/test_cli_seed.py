@@ -258,7 +258,8 @@ def test_seed_help_explains_and_imports_no_host(capsys):
         text = capsys.readouterr().out
         for needle in needles:
             assert needle in text, (sub, needle)
-    for argv in (["seed", "--help"], ["seed", "build", "--help"], ["seed", "verify", "--help"]):
+    for argv in (["seed", "--help"], ["seed", "build", "--help"], ["seed", "verify", "--help"],
+                 ["seed", "crawl", "--help"], ["seed", "key", "--help"]):
         code, modules = _top_modules(*argv)
         assert code == 0 and not modules & set(HOST_ONLY) and "trio" not in modules, argv
 
