@@ -59,6 +59,7 @@ from multiaddr import Multiaddr  # noqa: E402
 
 from prozchain_discovery.bootstrap.dns import ResolverConfig  # noqa: E402
 from prozchain_discovery.bootstrap.signed_seeds import (  # noqa: E402
+    BACKGROUND_LEAVES,
     BACKGROUND_PARALLEL,
     DnsTxt,
     SignedSeed,
@@ -343,6 +344,21 @@ async def background(tree: SeedTree, port: int, meter: Meter) -> tuple[Run, Run]
     return first, rest
 
 
+async def node_sample(tree: SeedTree, port: int, meter: Meter) -> Run:
+    """What a node does: a lookup, then ``walk_rest(leaves=BACKGROUND_LEAVES)`` (a random
+    sample of the tree, as much as the peer book holds from one seed)."""
+    s = SignedSeed(tree.url, txt(port), rng=random.Random(3), limits=limits_for(len(tree.leaves)))
+    run = Run(0, 0.0)
+    leaves: list[VerifiedRecord] = []
+    with meter(run):
+        leaves += await s.lookup(TARGET)
+        await s.walk_rest(leaves.extend, leaves=BACKGROUND_LEAVES)
+    run.queries, run.leaves = s.sync.queries, len(leaves)
+    if not (s.walked and run.leaves == min(BACKGROUND_LEAVES, len(tree.leaves))):
+        raise RuntimeError(f"the sample has {run.leaves} leaves: {s.status()}")
+    return run
+
+
 async def rtt(port: int, name: str, n: int = 21) -> float:
     """Median time of one TXT query (dnspython on trio, one leaf's answer)."""
     q = txt(port)
@@ -439,6 +455,7 @@ class DelayResult:
     resyncs: list[Run]
     bg_first: Run
     bg_rest: Run
+    sample: Run
 
 
 def report_delay(r: DelayResult, tree: SeedTree, m: Model) -> list[str]:
@@ -470,6 +487,10 @@ def report_delay(r: DelayResult, tree: SeedTree, m: Model) -> list[str]:
                f"queries, {b2.leaves} leaves in {b2.seconds:.2f} s = {_rt(b2.seconds, rtt_s)} (>= "
                f"{math.ceil((b2.queries - b1.queries) / BACKGROUND_PARALLEL)} rounds at {BACKGROUND_PARALLEL} in "
                f"flight); client CPU {b2.client_cpu:.2f} s, dnsmasq CPU {b2.server_cpu:.2f} s")
+    sp = r.sample
+    out.append(f"{tag} what a node does: lookup, then a sample of {BACKGROUND_LEAVES} leaves in all "
+               f"({BACKGROUND_PARALLEL} in flight): {sp.queries} queries, {sp.leaves} leaves in {sp.seconds:.2f} s = "
+               f"{_rt(sp.seconds, rtt_s)}; client CPU {sp.client_cpu:.2f} s")
     t = sorted(x.seconds for x in r.resyncs)
     out.append(f"{tag} re-sync after one record changed (new seq; {len(t)} times, each a new change): queries "
                f"max {max(x.queries for x in r.resyncs)}, time median {statistics.median(t) * 1e3:.0f} ms max "
@@ -505,6 +526,9 @@ def markdown(results: list[DelayResult], tree: SeedTree, m: Model, ls: dict[str,
     row(f"rest of the tree, walk_rest ({BACKGROUND_PARALLEL} in flight)", "-",
         lambda r: f"{r.bg_rest.queries - r.bg_first.queries} queries, {r.bg_rest.seconds:.1f} s"
                   f"{rt(r.bg_rest.seconds, r)}")
+    row(f"what a node does: lookup + sample to {BACKGROUND_LEAVES} leaves ({BACKGROUND_PARALLEL} in flight)", "-",
+        lambda r: f"{r.sample.queries} queries, {r.sample.seconds:.1f} s{rt(r.sample.seconds, r)}")
+
     def rs(r: DelayResult) -> str:
         t = sorted(x.seconds for x in r.resyncs)
         return (f"{max(x.queries for x in r.resyncs)} queries, {statistics.median(t) * 1e3:.0f} / "
@@ -548,10 +572,11 @@ async def measure(args: argparse.Namespace, trees: Trees, ports: list[int], serv
             lookups = [await lookup(trees.v1, txt(p1), t, meter) for t in range(args.trials)]
             full, resyncs = await full_then_resync(trees, ports, meter)
             bg_first, bg_rest = await background(trees.v1, p1, meter)
+            sample = await node_sample(trees.v1, p1, meter)
         finally:
             if delay is not None:
                 delay.clear()
-        r = DelayResult(d, 2 * d / 1e3, q_s, lookups, full, resyncs, bg_first, bg_rest)
+        r = DelayResult(d, 2 * d / 1e3, q_s, lookups, full, resyncs, bg_first, bg_rest, sample)
         results.append(r)
         for line in report_delay(r, trees.v1, m):
             print(line, flush=True)

@@ -188,6 +188,19 @@ def test_first_leaves_in_depth_plus_one_rounds(n, fanout):
         assert not sync.rejected
 
 
+def test_walk_leaves_are_what_this_walk_reached_handed_out_before_or_not():
+    tree = build_tree(envelopes(60), OPERATOR.private_key, DOMAIN, 1, fanout=4)
+    sync = new_sync(tree.url)
+    walk_zone(sync, tree.zone, target=8, full=False)
+    first = sync.take_leaves()
+    assert sorted(r.envelope_bytes for r in sync.walk_leaves()) == sorted(r.envelope_bytes for r in first)
+    walk_zone(sync, tree.zone, target=8, full=False)  # the same tree again: from memory
+    assert len(sync.walk_leaves()) >= 8 and sync.queries <= 1 + 8 * tree.depth
+    forged = build_tree(envelopes(60), identity(666)[0].private_key, DOMAIN, 2)
+    walk_zone(sync, forged.zone, target=8, full=False)
+    assert sync.walk_leaves() == []  # a refused root: nothing reached
+
+
 def test_more_leaves_later_and_the_rest():
     tree = build_tree(envelopes(120), OPERATOR.private_key, DOMAIN, 1)
     sync = new_sync(tree.url)

@@ -148,7 +148,36 @@ async def test_a_re_sync_from_dnsmasq_asks_only_what_changed(tmp_path):
         assert len(first) + len(rest) == 60 and seed.sync.complete and seed.sync.queries == len(v1.zone)
         seed.query = DnsTxt(ResolverConfig(("127.0.0.1",), port2, 2.0))  # the operator published v2
         again = await seed.lookup(8)
-        await seed.walk_rest(again.extend)
+        more: list = []
+        await seed.walk_rest(more.extend)
         assert seed.seq == 2 and seed.sync.complete
         assert seed.sync.queries == v2.depth + 1  # the root and the changed path only
-        assert [r.envelope_bytes for r in again] == [changed]  # only the new record is handed out
+        assert len(again) == 8  # a lookup returns what its walk reached, known or not
+        handed = [r.envelope_bytes for r in more]
+        assert set(handed) <= {changed} and changed in handed + [r.envelope_bytes for r in again]
+
+
+async def test_the_background_walk_samples_a_large_tree_and_a_re_lookup_of_an_unchanged_tree_answers(tmp_path):
+    """A tree larger than what the book can hold from one seed is sampled (a bound on queries),
+    and a lookup of the same tree again returns its peers from memory after one query (before,
+    it returned none: all had been handed out, and the cascade counted a failed lookup)."""
+    from prozchain_discovery.bootstrap.dns import ResolverConfig
+    from prozchain_discovery.bootstrap.signed_seeds import DnsTxt, SignedSeed
+
+    seed_key = create_new_key_pair().private_key
+    tree = build_tree(dead_records(60), seed_key, DOMAIN, 1, max_entry_text=DNSMASQ_ENTRY, fanout=4)
+    with dnsmasq(tmp_path, conf_files=[zone_file(tmp_path, tree)]) as port:
+        txt = DnsTxt(ResolverConfig(("127.0.0.1",), port, 2.0))
+        seed = SignedSeed(tree.url, txt)
+        first = await seed.lookup(4)
+        sampled: list = []
+        await seed.walk_rest(sampled.extend, leaves=20)
+        assert len(first) == 4 and len(first) + len(sampled) == seed.sync.leaves_verified == 20
+        assert seed.walked and not seed.sync.complete  # a sample, not the tree
+        assert txt.queries < len(tree.zone) / 2
+        await seed.walk_rest(sampled.extend)  # now all of it
+        assert seed.sync.complete and len(first) + len(sampled) == 60
+        before = txt.queries
+        again = await seed.lookup(4)
+        assert txt.queries == before + 1  # the root only: every entry on the way is known
+        assert len(again) == 4  # the same tree's peers again, though handed out before

@@ -9,8 +9,8 @@ one is retried with backoff (:class:`~.dns.DnsLookupGate`).
 
 A ``pzseed://<key>@<domain>`` seed (protocols/dns-seed.md) is a signed tree of signed peer
 records (:mod:`.signed_seeds`): the DNS stage asks it for ``min_peers_for_startup`` verified
-records (a random walk, depth + 1 round trips), dials them, and walks the rest of the tree in
-the background into the peer book. Its root's sequence number and hash are kept in
+records (a random walk, depth + 1 round trips), dials them, and walks on in the background
+into the peer book, up to ``BACKGROUND_LEAVES`` leaves (the whole tree, if smaller). Its root's sequence number and hash are kept in
 ``state.json`` (a lower one later is a rollback and refused).
 """
 
@@ -51,7 +51,7 @@ from ..wire.messages import BOOTSTRAP_PROTOCOL, BootstrapRequest, BootstrapRespo
 from .dns import DnsLookupGate, DnsSeedResolver, ResolverConfig
 from .protocol import read_bootstrap_answer
 from .schedule import CascadeSchedule
-from .signed_seeds import DnsTxt, SignedSeed
+from .signed_seeds import BACKGROUND_LEAVES, DnsTxt, SignedSeed
 
 __all__ = ["Cascade", "peer_of_addr", "is_signed_seed"]
 
@@ -347,11 +347,11 @@ class Cascade:
             self.book.accept_records(leaves, PeerSource.DNS, seed.source_id)
 
         try:
-            await seed.walk_rest(learned)
+            await seed.walk_rest(learned, leaves=BACKGROUND_LEAVES)
         finally:  # also when the next lookup stops it
             self._seed_metrics(seed, seed.sync.queries - queries_before)
         if seed.walked:
-            log.info("dns seed %s: tree walked, %d verified peers (seq %s)", seed.url.domain,
+            log.info("dns seed %s: background walk done, %d verified peers (seq %s)", seed.url.domain,
                      seed.sync.leaves_verified, seed.seq)
 
     def _seed_metrics(self, seed: SignedSeed, queries: int) -> None:

@@ -30,11 +30,16 @@ from ..dnsseed.url import SeedUrl
 from ..records import VerifiedRecord
 from .dns import ResolverConfig, make_resolver
 
-__all__ = ["TxtLookupError", "TxtQuery", "DnsTxt", "drive", "SignedSeed", "BACKGROUND_PARALLEL"]
+__all__ = ["TxtLookupError", "TxtQuery", "DnsTxt", "drive", "SignedSeed", "BACKGROUND_PARALLEL",
+           "BACKGROUND_LEAVES"]
 
 log = logging.getLogger("prozchain_discovery.dnsseed")
 
 BACKGROUND_PARALLEL = 4  # queries at once while the rest of a tree is walked after the cascade
+# Leaves a node samples from one seed in all: one seed's records share one source group of the
+# peer database, which holds at most 16 buckets x 64 of them. A larger tree is sampled at
+# random (a fresh sample per sync), so a 10,000-leaf seed costs a node ~1,100 queries, not 10,529.
+BACKGROUND_LEAVES = 1024
 MAX_TXT_ANSWER = 16  # records read from one answer (the core refuses more: oversized)
 
 TxtRecords = list[list[bytes]]
@@ -159,7 +164,7 @@ class SignedSeed:
         self._walk_done.set()
         self._reported: dict[SeedRejection, int] = {}
         self.lookups = 0
-        self.walked = False  # the last background walk reached the end of the tree
+        self.walked = False  # the last background walk ended (its sample taken, or the tree walked)
 
     @property
     def seq(self) -> int | None:
@@ -170,24 +175,32 @@ class SignedSeed:
         return self.sync.root_hash
 
     async def lookup(self, target: int) -> list[VerifiedRecord]:
-        """A sync for ``target`` verified leaves (a walk still running is stopped first)."""
+        """A sync for ``target`` verified leaves (a walk still running is stopped first).
+
+        Returns the leaves the walk reached, also those an earlier sync returned (a re-sync of
+        an unchanged tree answers from memory: the same peers are still the seed's list)."""
         await self.stop_walk()
         self.lookups += 1
         self.sync.start(target)
         await drive(self.sync, self.query)
-        return self.sync.take_leaves()
+        self.sync.take_leaves()  # handed out here, not again by a background walk
+        return self.sync.walk_leaves()
 
-    async def walk_rest(self, on_leaves: Callable[[list[VerifiedRecord]], None],
-                        parallel: int = BACKGROUND_PARALLEL) -> None:
-        """Walk the rest of the current tree, ``parallel`` queries at a time (the cascade's
-        nursery runs it after a lookup; the next lookup stops it)."""
+    async def walk_rest(self, on_leaves: Callable[[list[VerifiedRecord]], None], *,
+                        leaves: int | None = None, parallel: int = BACKGROUND_PARALLEL) -> None:
+        """Walk on after a lookup, ``parallel`` queries at a time, until ``leaves`` verified
+        leaves in all (a random sample of the tree; None: the whole tree). The cascade's
+        nursery runs it after a lookup; the next lookup stops it."""
         await self.stop_walk()
         self._walk_done = done = trio.Event()
         try:
             with trio.CancelScope() as scope:
                 self._walk = scope
                 self.walked = False
-                self.sync.want_all()
+                if leaves is None:
+                    self.sync.want_all()
+                else:
+                    self.sync.want(leaves)
                 await drive(self.sync, self.query, parallel=parallel, on_leaves=on_leaves)
                 self.walked = True
         finally:

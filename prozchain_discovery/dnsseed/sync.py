@@ -238,6 +238,18 @@ class SeedSync:
         root, of the last tree that verified."""
         return [e for e in self._tree.values() if isinstance(e, VerifiedRecord)]
 
+    def walk_leaves(self) -> list[VerifiedRecord]:
+        """The leaves this sync's walk has reached, one per peer (its highest seq), whether or
+        not :meth:`take_leaves` handed them out before; none when the root was refused."""
+        if self.phase is not SyncPhase.TREE:
+            return []
+        out = []
+        for digest in self._peers.values():
+            rec = self._tree[digest]
+            assert isinstance(rec, VerifiedRecord)
+            out.append(rec)
+        return out
+
     @property
     def leaves_verified(self) -> int:
         return len(self._peers)
