@@ -201,6 +201,25 @@ def test_walk_leaves_are_what_this_walk_reached_handed_out_before_or_not():
     assert sync.walk_leaves() == []  # a refused root: nothing reached
 
 
+@pytest.mark.parametrize("fanout", [None, 4])
+def test_a_large_want_after_the_lookup_fills_whole_subtrees(fanout):
+    """The node's background sample: demand added later goes to unvisited subtrees by what
+    they hold, not one leaf to each branch of the tree (which asked every branch)."""
+    tree = build_tree(envelopes(500), OPERATOR.private_key, DOMAIN, 1, fanout=fanout)
+    branches = len(tree.zone) - 1 - 500
+    sync = new_sync(tree.url)
+    walk_zone(sync, tree.zone, target=8, full=False)
+    sync.want(200)
+    while names := sync.wanted():
+        for name in names:
+            sync.on_answer(name, [tree.zone[name]])
+    assert sync.leaves_verified == 200 and not sync.rejected
+    width = tree.fanout
+    # 200 leaves, their parents (about 200 / width of them), the lookup's paths and the root
+    assert sync.queries <= 200 + 200 // width + 2 + 8 * tree.depth, (sync.queries, branches)
+    assert sync.queries - 200 < branches  # not every branch
+
+
 def test_more_leaves_later_and_the_rest():
     tree = build_tree(envelopes(120), OPERATOR.private_key, DOMAIN, 1)
     sync = new_sync(tree.url)

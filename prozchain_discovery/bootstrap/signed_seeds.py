@@ -38,7 +38,7 @@ log = logging.getLogger("prozchain_discovery.dnsseed")
 BACKGROUND_PARALLEL = 4  # queries at once while the rest of a tree is walked after the cascade
 # Leaves a node samples from one seed in all: one seed's records share one source group of the
 # peer database, which holds at most 16 buckets x 64 of them. A larger tree is sampled at
-# random (a fresh sample per sync), so a 10,000-leaf seed costs a node ~1,100 queries, not 10,529.
+# random (a fresh sample per sync), so a 10,000-leaf seed costs a node ~1,090 queries, not 10,529.
 BACKGROUND_LEAVES = 1024
 MAX_TXT_ANSWER = 16  # records read from one answer (the core refuses more: oversized)
 

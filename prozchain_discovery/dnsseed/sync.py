@@ -22,7 +22,8 @@ Invariants:
 Random walk (as EIP-1459's client): the leaves wanted (``target``) are a *demand* split among
 random children of each verified branch, so ``target`` leaves of a balanced tree arrive in
 depth + 1 rounds of parallel queries (the root, then one round per level). Demand lost to a
-thin subtree or a failed lookup is given to unvisited children, deepest first. ``want_all``
+thin subtree or a failed lookup, and demand added by :meth:`SeedSync.want`, is given to
+unvisited children, deepest first, each as much as its subtree likely holds. ``want_all``
 walks the rest. Entries verified under an earlier root are reused by hash: a re-sync queries
 only what changed.
 """
@@ -121,6 +122,8 @@ class SeedSync:
         self._frontier: list[bytes] = []  # known, not asked, no demand
         self._in_flight: dict[str, bytes | None] = {}  # name -> hash (None: the root)
         self._shortfall = 0
+        self._leaf_depth = 0  # deepest leaf this walk met (0: none yet)
+        self._width = 1  # widest branch this walk met
         self._tree: dict[bytes, Branch | VerifiedRecord] = {}
         self._peers: dict[ID, bytes] = {}
         self.queries = 0
@@ -346,6 +349,7 @@ class SeedSync:
             self._stop("leaves", self.limits.max_leaves)
             return
         self._tree[digest] = rec
+        self._leaf_depth = max(self._leaf_depth, node.depth)
         if prev is not None:
             other = self._tree[prev]
             assert isinstance(other, VerifiedRecord)
@@ -371,6 +375,7 @@ class SeedSync:
             self._reject(hash_name(digest, self.url.domain),
                          SeedError(SeedRejection.TOO_DEEP, f"children at depth {node.depth + 1}"))
             return
+        self._width = max(self._width, len(branch.children))
         fresh: list[bytes] = []
         for child in branch.children:
             if child in self._nodes:
@@ -394,16 +399,27 @@ class SeedSync:
             else:
                 self._frontier.append(child)
 
+    def _capacity(self, depth: int) -> int:
+        """The leaves an unvisited entry at ``depth`` likely holds: the builder balances its
+        trees, so ``width ** levels`` below it, leaves being at the deepest depth met so far."""
+        levels = self._leaf_depth - depth
+        if levels <= 0:
+            return 1
+        return min(self._width ** levels, self.limits.max_leaves)
+
     def _rebalance(self) -> None:
-        """Give lost demand to unvisited children, deepest first (fewest rounds to a leaf)."""
+        """Give lost or added demand to unvisited children, deepest first (fewest rounds to a
+        leaf), each as much as its subtree likely holds: a large demand (``want``) fills whole
+        subtrees instead of asking every branch of the tree for one leaf."""
         if self._shortfall <= 0 or not self._frontier:
             return
         self._rng.shuffle(self._frontier)
         self._frontier.sort(key=lambda h: self._nodes[h].depth)
         while self._shortfall > 0 and self._frontier:
             child = self._frontier.pop()
-            self._nodes[child].demand = 1
-            self._shortfall -= 1
+            give = min(self._shortfall, self._capacity(self._nodes[child].depth))
+            self._nodes[child].demand = give
+            self._shortfall -= give
             self._ready.append(child)
 
     def _settle(self) -> None:
