@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
-__all__ = ["CliError", "setup_logging", "sole"]
+__all__ = ["CliError", "setup_logging", "sole", "parse_dns_server"]
 
 
 class CliError(Exception):
@@ -37,3 +38,30 @@ def sole(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """``--dns-server``: ``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` (a bare IPv6 address too) →
+    (ip, port, 53 by default); ValueError says what is wrong. A resolver is given by its
+    address: dnspython takes no name."""
+    syntax = f"{text!r}: expected IP or IP:PORT ([IPv6]:PORT)"
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ValueError(syntax)
+        port_text: str | None = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, None  # a name, an IPv4 or a bare IPv6 address
+    if not host or (port_text is not None and not (port_text.isascii() and port_text.isdigit())):
+        raise ValueError(syntax)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address (a resolver is given by its address)") from None
+    if port_text is None:
+        return host, 53
+    if not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: {port_text!r} is not a port (1-65535)")
+    return host, int(port_text)

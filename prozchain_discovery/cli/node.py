@@ -17,22 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, DiscoveryConfig, load_config
-from .common import CliError, setup_logging, sole
+from .common import CliError, parse_dns_server, setup_logging, sole
 
 __all__ = ["cmd_node", "node_config"]
 
 log = logging.getLogger("prozchain_discovery")
-
-
-def _split_host_port(text: str) -> tuple[str, str | None]:
-    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address → (host, port text or None)."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else (rest or None)
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, port
-    return text, None  # a name, or an IPv6 address without a port
 
 
 def _flag_for(field_name: str, args: argparse.Namespace, before: DiscoveryConfig) -> str | None:
@@ -103,10 +92,11 @@ def _apply_flags(cfg: DiscoveryConfig, args: argparse.Namespace) -> DiscoveryCon
     if args.min_peers is not None:
         changes["min_peers_for_startup"] = args.min_peers
     if args.dns_server is not None:
-        host, port = _split_host_port(args.dns_server)
-        if not host or (port is not None and not (port.isascii() and port.isdigit())):
-            raise ConfigError("bootstrap.dns", f"{args.dns_server!r}: expected IP or IP:PORT ([IPv6]:PORT)")
-        changes["dns"] = dataclasses.replace(boot.dns, nameservers=(host,), port=53 if port is None else int(port))
+        try:
+            host, port = parse_dns_server(args.dns_server)
+        except ValueError as exc:
+            raise ConfigError("bootstrap.dns", str(exc)) from None
+        changes["dns"] = dataclasses.replace(boot.dns, nameservers=(host,), port=port)
     top: dict[str, Any] = {}
     if changes:
         top["bootstrap"] = dataclasses.replace(boot, **changes)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import ipaddress
 import json
 import re
 import stat
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import CliError
+from .common import CliError, parse_dns_server
 
 if TYPE_CHECKING:
     from libp2p.crypto.keys import PrivateKey
@@ -310,28 +309,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 # ---- seed verify ------------------------------------------------------------------------------
-
-def parse_dns_server(text: str) -> tuple[str, int]:
-    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` → (ip, port); ValueError says what is wrong."""
-    if text.startswith("["):
-        host, close, rest = text[1:].partition("]")
-        if not close or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r}: expected IP, IP:PORT or [IPv6]:PORT")
-        port_text: str | None = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, None
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{text!r}: {host!r} is not an IP address (expected IP, IP:PORT or [IPv6]:PORT)") from None
-    if port_text is None:
-        return host, 53
-    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
-        raise ValueError(f"{text!r}: {port_text!r} is not a port (1-65535)")
-    return host, int(port_text)
-
 
 def cmd_seed_verify(args: argparse.Namespace) -> int:
     return _command(_verify, args)
