@@ -181,3 +181,17 @@ async def test_the_background_walk_samples_a_large_tree_and_a_re_lookup_of_an_un
         again = await seed.lookup(4)
         assert txt.queries == before + 1  # the root only: every entry on the way is known
         assert len(again) == 4  # the same tree's peers again, though handed out before
+
+
+async def test_a_damaged_remembered_root_is_ignored_with_a_warning(tmp_path, caplog):
+    seed_key = create_new_key_pair().private_key
+    tree = build_tree(dead_records(3), seed_key, DOMAIN, 4, max_entry_text=DNSMASQ_ENTRY)
+    data = tmp_path / "node"
+    data.mkdir()
+    (data / "state.json").write_text(json.dumps(
+        {"last_dns_lookup_wall": 1.0, "signed_seeds": {str(tree.url): {"seq": "7", "root": "not hex"}}}))
+    c = cfg(dns_seeds=(str(tree.url),), min_peers=1, dns=DnsConfig(("127.0.0.1",), 9, 0.2))
+    async with AsyncExitStack() as stack:
+        node = await Net(stack).node(c, data_dir=data)
+        assert node.cascade.signed_seeds[0].seq is None  # not a made-up seq
+        assert any("damaged" in r.getMessage() and DOMAIN in r.getMessage() for r in caplog.records)
