@@ -183,6 +183,7 @@ def test_first_leaves_in_depth_plus_one_rounds(n, fanout):
         got = sync.take_leaves()
         assert len(got) >= 8 and len({r.peer_id for r in got}) == len(got)
         assert rounds <= tree.depth + 1, (rounds, tree.depth)
+        assert sync.depth == tree.depth  # the walk reached leaves, at the tree's depth
         # Only what the walk needs: the root, and at most 8 paths.
         assert sync.queries <= 1 + 8 * tree.depth
         assert not sync.rejected

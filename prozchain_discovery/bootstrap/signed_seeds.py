@@ -163,7 +163,6 @@ class SignedSeed:
         self._walk_done = trio.Event()
         self._walk_done.set()
         self._reported: dict[SeedRejection, int] = {}
-        self.lookups = 0
         self.walked = False  # the last background walk ended (its sample taken, or the tree walked)
 
     @property
@@ -180,7 +179,6 @@ class SignedSeed:
         Returns the leaves the walk reached, also those an earlier sync returned (a re-sync of
         an unchanged tree answers from memory: the same peers are still the seed's list)."""
         await self.stop_walk()
-        self.lookups += 1
         self.sync.start(target)
         await drive(self.sync, self.query)
         self.sync.take_leaves()  # handed out here, not again by a background walk

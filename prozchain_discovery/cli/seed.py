@@ -314,63 +314,24 @@ def cmd_seed_verify(args: argparse.Namespace) -> int:
     return _command(_verify, args)
 
 
-def _depth(answers: Mapping[str, str], url_domain: str, top: bytes | None) -> int:
-    """Hash links from the root to the deepest entry answered, from the entries' texts."""
-    from ..dnsseed.tree import Branch, hash_name, parse_entry
-
-    depth, links, level = 0, 0, [top] if top is not None else []
-    seen: set[bytes] = set()
-    while level:
-        links += 1
-        nxt: list[bytes] = []
-        for digest in level:
-            text = answers.get(hash_name(digest, url_domain))
-            if text is None or digest in seen:
-                continue
-            seen.add(digest)
-            depth = links
-            try:
-                entry = parse_entry(text)
-            except ValueError:
-                continue
-            if isinstance(entry, Branch):
-                nxt.extend(entry.children)
-        level = nxt
-    return depth
-
-
-def _walk(sync: SeedSync, server: tuple[str, int] | None, timeout: float) -> tuple[dict[str, str], int]:
+def _walk(sync: SeedSync, server: tuple[str, int] | None, timeout: float) -> int:
+    """Walk the whole tree over DNS; the number of queries."""
     import trio
 
     from ..bootstrap.dns import ResolverConfig
     from ..bootstrap.signed_seeds import DnsTxt, drive
-    from ..dnsseed.tree import entry_hash, join_txt
-    from ..dnsseed.url import b32encode
 
     cfg = ResolverConfig(nameservers=(server[0],), port=server[1], timeout=timeout) if server else \
         ResolverConfig(timeout=timeout)
     txt = DnsTxt(cfg)
-    answers: dict[str, str] = {}  # name -> entry text that hashes to its name (for the depth)
-
-    async def query(name: str) -> list[list[bytes]]:
-        records = await txt(name)
-        label = name.split(".", 1)[0]
-        for rec in records:
-            try:
-                text = join_txt(rec)
-            except ValueError:
-                continue
-            if b32encode(entry_hash(text)) == label:
-                answers[name.lower().rstrip(".")] = text
-        return records
 
     async def run() -> None:
         sync.start(0)
         sync.want_all()
-        await drive(sync, query)
+        await drive(sync, txt)
 
     trio.run(run)
-    return answers, txt.queries
+    return txt.queries
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -391,13 +352,13 @@ def _verify(args: argparse.Namespace) -> int:
     expected = read_records(args.records, skip_invalid=True) if args.records else None
     sync = SeedSync(url, last_seq=args.last_seq)
     started = time.monotonic()
-    answers, queries = _walk(sync, server, args.timeout)
+    queries = _walk(sync, server, args.timeout)
     seconds = time.monotonic() - started
     leaves = _newest(sync.tree_leaves()) if sync.phase is not SyncPhase.FAILED else {}
     report: dict[str, Any] = {
         "url": str(url),
         "seq": sync.seq if sync.phase is not SyncPhase.FAILED else None,
-        "depth": _depth(answers, url.domain, sync.root_hash) if sync.phase is not SyncPhase.FAILED else 0,
+        "depth": sync.depth if sync.phase is not SyncPhase.FAILED else 0,
         "leaves_verified": len(leaves),
         "queries": queries,
         "seconds": round(seconds, 3),

@@ -123,6 +123,7 @@ class SeedSync:
         self._in_flight: dict[str, bytes | None] = {}  # name -> hash (None: the root)
         self._shortfall = 0
         self._leaf_depth = 0  # deepest leaf this walk met (0: none yet)
+        self.depth = 0  # hash links from the root to the deepest entry this walk met whole
         self._width = 1  # widest branch this walk met
         self._tree: dict[bytes, Branch | VerifiedRecord] = {}
         self._peers: dict[ID, bytes] = {}
@@ -325,6 +326,7 @@ class SeedSync:
             if entry_hash(text) != digest:
                 error = error or SeedError(SeedRejection.HASH_MISMATCH)
                 continue
+            self.depth = max(self.depth, self._nodes[digest].depth)
             try:
                 entry = parse_entry(text, max_children=self.limits.max_children)
                 if isinstance(entry, Leaf):
@@ -436,6 +438,7 @@ class SeedSync:
                 return
             self._ready = [h for h in self._ready if h not in self._cache]
             for digest in known:
+                self.depth = max(self.depth, self._nodes[digest].depth)
                 cached = self._cache[digest]
                 if isinstance(cached, Branch):
                     self._accept_branch(digest, cached)
