@@ -1,4 +1,4 @@
-"""Building a py-libp2p host with safe defaults, and keeping the node's identity key.
+"""Building a py-libp2p host with safe defaults (the identity key file: ``keyfile.py``).
 
 ``make_host`` gives: Noise as the only security transport (no plaintext, no secio), Yamux,
 one connection per peer (dials in ~5 ms instead of 250), py-libp2p's AutoConnector disabled
@@ -9,17 +9,13 @@ streams instead of Noise and Yamux); its dials leave from the QUIC listen socket
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import multiaddr
 from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair as new_ed25519
 from libp2p.crypto.keys import KeyPair
-from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -28,97 +24,9 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from . import libp2p_fixes
 from .fsutil import default_data_dir
+from .keyfile import KeyFileError, create_key_file, load_or_create_key
 
-__all__ = ["make_host", "load_or_create_key", "KeyFileError", "default_data_dir"]
-
-KEY_FILE_NAME = "identity.key"
-
-
-class KeyFileError(RuntimeError):
-    """The identity key file exists but cannot be used; the message says how to fix it."""
-
-
-def load_or_create_key(key_file: str | Path) -> tuple[KeyPair, bool]:
-    """The node's Ed25519 identity from ``key_file``; created (mode 0600) if absent.
-
-    Returns ``(key_pair, created)``. The file holds the libp2p protobuf encoding of the private
-    key, the same format go-libp2p and js-libp2p write.
-
-    A new key is made only when nothing is at ``key_file``. Anything else that stands in the way
-    — a directory, a dangling symbolic link (the key's volume not mounted), a file that cannot be
-    read or is not a key — raises :class:`KeyFileError`: a new key would silently give the node
-    another peer id.
-    """
-    path = Path(key_file)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        st = None
-    except NotADirectoryError:
-        raise KeyFileError(f"identity key {path}: {path.parent} is not a directory") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read identity key {path}: {exc.strerror or exc}") from None
-    if st is None:
-        if path.is_symlink():
-            target = os.readlink(path)
-            raise KeyFileError(
-                f"identity key {path} is a symbolic link to {target}, which does not exist; "
-                "mount the volume that holds it, or remove the link to create a new identity "
-                "(the node's peer id will change)"
-            )
-        return _create_key(path), True
-    if stat.S_ISDIR(st.st_mode):
-        raise KeyFileError(f"identity key {path} is a directory, not a key file")
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"identity key {path} is not a regular file")
-    mode = st.st_mode & 0o777
-    if mode & 0o077:
-        raise KeyFileError(f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(
-            f"cannot read identity key {path}: {exc.strerror or exc}; fix access to it "
-            "(the node's peer id is in this file)"
-        ) from None
-    try:
-        private = deserialize_private_key(data)
-    except Exception as exc:
-        raise KeyFileError(
-            f"{path} is not a libp2p private key ({exc}); move it away to create a new "
-            "identity (the node's peer id will change)"
-        ) from exc
-    return KeyPair(private, private.get_public_key()), False
-
-
-def create_key_file(key_file: str | Path) -> KeyPair:
-    """A new Ed25519 key written to ``key_file`` (mode 0600) — e.g. a DNS seed's signing key.
-
-    Refuses (:class:`KeyFileError`) when anything is at ``key_file`` already: replacing a key
-    changes the peer id or the seed URL of whoever uses it.
-    """
-    path = Path(key_file)
-    if path.exists() or path.is_symlink():
-        raise KeyFileError(f"{path} exists; refusing to replace a key (a new key means a new seed URL)")
-    return _create_key(path)
-
-
-def _create_key(path: Path) -> KeyPair:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pair = new_ed25519()
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, pair.private_key.serialize())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        where = exc.filename or path
-        raise KeyFileError(f"cannot create identity key {path}: {where}: {exc.strerror or exc}") from None
-    return pair
+__all__ = ["make_host", "load_or_create_key", "create_key_file", "KeyFileError", "default_data_dir"]
 
 
 def make_host(

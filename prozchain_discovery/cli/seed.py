@@ -15,7 +15,6 @@ import base64
 import binascii
 import json
 import re
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -131,37 +130,23 @@ def read_signing_key(path: str | Path) -> PrivateKey:
     """The Ed25519 private key in a libp2p key file (a node's ``<data-dir>/identity.key``).
 
     Never creates one. Missing, unreadable, readable by others, not a libp2p private key, not
-    Ed25519: a :class:`CliError` (code 2) that says so.
+    Ed25519: a :class:`CliError` (code 2) that says so (the checks are the node's own:
+    :func:`prozchain_discovery.keyfile.read_key_file`).
     """
     from libp2p.crypto.ed25519 import Ed25519PrivateKey
-    from libp2p.crypto.serialization import deserialize_private_key
 
-    p = Path(path)
-    label = f"--key {p}"
+    from ..keyfile import KeyFileError, read_key_file
+
+    label = f"--key {path}"
     try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise CliError(
-            f"{label}: no such file (a node's identity key is <data-dir>/identity.key: "
-            "prozchain-discovery node --data-dir DIR creates it)", code=2,
-        ) from None
-    except OSError as exc:
-        raise CliError(f"{label}: {exc.strerror or exc}", code=2) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise CliError(f"{label}: is a directory, not a key file", code=2)
-    if not stat.S_ISREG(st.st_mode):
-        raise CliError(f"{label}: not a regular file", code=2)
-    if st.st_mode & 0o077:
-        raise CliError(f"{label}: readable by other users (mode {st.st_mode & 0o777:o}); "
-                       f"run: chmod 600 {p}", code=2)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise CliError(f"{label}: {exc.strerror or exc}", code=2) from None
-    try:
-        key = deserialize_private_key(data)
-    except Exception:  # protobuf, key-type and length errors of every kind: a damaged file
-        raise CliError(f"{label}: not a libp2p private key file ({len(data)} bytes)", code=2) from None
+        key = read_key_file(path).private_key
+    except KeyFileError as exc:
+        if exc.problem == "no such file":
+            raise CliError(
+                f"{label}: no such file (a node's identity key is <data-dir>/identity.key: "
+                "prozchain-discovery node --data-dir DIR creates it)", code=2,
+            ) from None
+        raise CliError(f"{label}: {exc.problem}", code=2) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise CliError(f"{label}: a {key.get_type().name} key; a seed is signed with an Ed25519 key "
                        "(as a node's identity key is)", code=2)
@@ -215,7 +200,7 @@ def bind_zone(zone: Mapping[str, Sequence[str]], domain: str, header: Iterable[s
 def cmd_seed_key(args: argparse.Namespace) -> int:
     """A new signing key for a seed (offline, kept apart from any node's identity key)."""
     from ..dnsseed.url import SeedUrl, b32encode, normalize_domain
-    from ..host import KeyFileError, create_key_file
+    from ..keyfile import KeyFileError, create_key_file
 
     try:
         domain = normalize_domain(args.domain) if args.domain else None
