@@ -39,6 +39,8 @@ from .addrs import AddressError, parse_multiaddr
 from .nat.stun import parse_stun_server
 
 __all__ = [
+    "SIGNED_SEED_SCHEME",
+    "is_signed_seed",
     "ConfigError",
     "DnsConfig",
     "BackoffConfig",
@@ -56,6 +58,14 @@ __all__ = [
 ]
 
 DEFAULT_NETWORK_ID = "prozchain-mainnet"
+
+
+SIGNED_SEED_SCHEME = "pzseed://"  # a signed DNS seed: protocols/dns-seed.md
+
+
+def is_signed_seed(seed: str) -> bool:
+    """``pzseed://…`` (the scheme in any case): a signed DNS seed, not a /dnsaddr or host seed."""
+    return seed[: len(SIGNED_SEED_SCHEME)].lower() == SIGNED_SEED_SCHEME
 
 
 class ConfigError(ValueError):

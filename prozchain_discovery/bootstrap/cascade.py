@@ -29,9 +29,8 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 
 from ..addrs import parse_multiaddr, peer_id_of, strip_p2p
-from ..config import ConfigError, DiscoveryConfig
+from ..config import ConfigError, DiscoveryConfig, is_signed_seed
 from ..dnsseed.sync import SyncPhase
-from ..dnsseed.url import SCHEME as PZSEED_SCHEME
 from ..dnsseed.url import SeedUrlError, parse_url
 from ..events import (
     EventBus,
@@ -53,7 +52,7 @@ from .protocol import read_bootstrap_answer
 from .schedule import CascadeSchedule
 from .signed_seeds import BACKGROUND_LEAVES, DnsTxt, SignedSeed
 
-__all__ = ["Cascade", "peer_of_addr", "is_signed_seed"]
+__all__ = ["Cascade", "peer_of_addr"]
 
 log = logging.getLogger("prozchain_discovery.cascade")
 
@@ -64,10 +63,6 @@ def peer_of_addr(text: str) -> tuple[ID, multiaddr.Multiaddr]:
     if pid is None:
         raise ValueError(f"{text} has no /p2p/<peer id>")
     return pid, strip_p2p(ma)
-
-
-def is_signed_seed(seed: str) -> bool:
-    return seed[: len(PZSEED_SCHEME)].lower() == PZSEED_SCHEME
 
 
 class Cascade:

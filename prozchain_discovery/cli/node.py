@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, DiscoveryConfig, load_config
+from ..config import ConfigError, DiscoveryConfig, is_signed_seed, load_config
 from .common import CliError, parse_dns_server, setup_logging, sole
 
 __all__ = ["cmd_node", "node_config"]
@@ -68,7 +68,7 @@ def _check_signed_seeds(cfg: DiscoveryConfig) -> DiscoveryConfig:
     """A ``pzseed://`` seed's key and domain are checked now (the cascade would refuse it at
     start), so the error names the flag or the file."""
     for i, seed in enumerate(cfg.bootstrap.dns_seeds):
-        if seed[:9].lower() == "pzseed://":
+        if is_signed_seed(seed):
             from ..dnsseed.url import SeedUrlError, parse_url  # imports libp2p's key code
 
             try:

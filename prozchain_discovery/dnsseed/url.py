@@ -16,6 +16,8 @@ from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.crypto.keys import PublicKey
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 
+from ..config import SIGNED_SEED_SCHEME, is_signed_seed
+
 __all__ = [
     "SCHEME",
     "KEY_BYTES",
@@ -29,7 +31,7 @@ __all__ = [
     "normalize_domain",
 ]
 
-SCHEME = "pzseed://"
+SCHEME = SIGNED_SEED_SCHEME
 KEY_BYTES = 32
 MAX_DOMAIN_CHARS = 128  # keeps every tree name (52-char label + domain) far below 253
 _B32 = re.compile(r"[a-z2-7]+")
@@ -114,7 +116,7 @@ def parse_url(text: str) -> SeedUrl:
     The scheme and the key are matched case-insensitively (an operator may paste the key in
     upper case); the canonical form, :func:`str`, is lowercase.
     """
-    if not isinstance(text, str) or not text[: len(SCHEME)].lower() == SCHEME:
+    if not isinstance(text, str) or not is_signed_seed(text):
         raise SeedUrlError(UrlProblem.SCHEME, f"expected {SCHEME}<key>@<domain>")
     rest = text[len(SCHEME):]
     key_text, at, domain = rest.partition("@")
