@@ -323,9 +323,7 @@ class Cascade:
         started = trio.current_time()
         leaves = await seed.lookup(need)
         self.metrics.observe("dns_seed_lookup_seconds", trio.current_time() - started)
-        self._seed_metrics(seed, seed.sync.queries)  # a lookup starts a sync: its count from 0
-        if seed.seq is not None:
-            self.metrics.set_gauge("dns_seed_seq", seed.seq, seed=seed.url.domain)
+        seed.count(self.metrics, seed.sync.queries)  # a lookup starts a sync: its count from 0
         if not leaves:
             return
         self.book.accept_records(leaves, PeerSource.DNS, seed.source_id)
@@ -344,24 +342,10 @@ class Cascade:
         try:
             await seed.walk_rest(learned, leaves=BACKGROUND_LEAVES)
         finally:  # also when the next lookup stops it
-            self._seed_metrics(seed, seed.sync.queries - queries_before)
+            seed.count(self.metrics, seed.sync.queries - queries_before)
         if seed.walked:
             log.info("dns seed %s: background walk done, %d verified peers (seq %s)", seed.url.domain,
                      seed.sync.leaves_verified, seed.seq)
-
-    def _seed_metrics(self, seed: SignedSeed, queries: int) -> None:
-        """Count ``queries`` and the leaves verified, and say what the sync refused since last time."""
-        self.metrics.inc("dns_seed_queries", max(0, queries))
-        fresh = seed.new_rejections()
-        for reason, n in fresh.items():
-            self.metrics.inc("dns_seed_rejected", n, reason=reason.value)
-        self.metrics.set_gauge("dns_seed_leaves_verified", seed.sync.leaves_verified, seed=seed.url.domain)
-        if fresh:
-            shown = "; ".join(f"{name[:24]}: {reason.value}{' (' + detail + ')' if detail else ''}"
-                              for name, reason, detail in seed.recent_rejections(3))
-            log.warning("dns seed %s refused %d entries (%s); e.g. %s", seed.url.domain, sum(fresh.values()),
-                        ", ".join(f"{r.value} {n}" for r, n in sorted(fresh.items(), key=lambda kv: kv[0].value)),
-                        shown)
 
     async def _phase_mdns(self, need: int) -> None:
         if not self.boot.enable_local_discovery:
@@ -397,16 +381,7 @@ class Cascade:
         kept = state.get("signed_seeds")
         for seed in self.signed_seeds:
             entry = kept.get(str(seed.url)) if isinstance(kept, dict) else None
-            if not isinstance(entry, dict):
-                continue
-            seq, root = entry.get("seq"), entry.get("root")
-            try:
-                root_hash = bytes.fromhex(root) if isinstance(root, str) else None
-            except ValueError:
-                root_hash = None
-            if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 and root_hash is not None:
-                seed.sync.seq, seed.sync.root_hash = seq, root_hash
-            else:
+            if isinstance(entry, dict) and not seed.remember(entry):
                 log.warning("ignoring the remembered root of %s in %s: damaged", seed.url.domain, path)
 
     def _save_state(self) -> None:
@@ -416,8 +391,7 @@ class Cascade:
         state: dict[str, Any] = {}
         if self.dns_gate.last_lookup is not None:
             state["last_dns_lookup_wall"] = time.time() - (trio.current_time() - self.dns_gate.last_lookup)
-        roots = {str(s.url): {"seq": s.seq, "root": s.root_hash.hex()}
-                 for s in self.signed_seeds if s.seq is not None and s.root_hash is not None}
+        roots = {str(s.url): kept for s in self.signed_seeds if (kept := s.remembered()) is not None}
         if roots:
             state["signed_seeds"] = roots  # rollback protection survives restarts
         try:

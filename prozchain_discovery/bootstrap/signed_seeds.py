@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import dns.asyncbackend
@@ -27,6 +27,7 @@ from libp2p.peer.id import ID
 from ..dnsseed.sync import SeedSync, SyncLimits
 from ..dnsseed.tree import SeedRejection
 from ..dnsseed.url import SeedUrl
+from ..metrics import Metrics
 from ..records import VerifiedRecord
 from .dns import ResolverConfig, make_resolver
 
@@ -210,18 +211,43 @@ class SignedSeed:
             self._walk.cancel()
         await self._walk_done.wait()
 
-    def new_rejections(self) -> dict[SeedRejection, int]:
-        """Rejections counted since the last call (for metrics)."""
-        out = {}
+    def count(self, metrics: Metrics, queries: int) -> None:
+        """Metrics for ``queries`` more queries, the leaves verified and the entries refused
+        since the last call; a WARNING names the refusals."""
+        metrics.inc("dns_seed_queries", max(0, queries))
+        metrics.set_gauge("dns_seed_leaves_verified", self.sync.leaves_verified, seed=self.url.domain)
+        if self.sync.seq is not None:
+            metrics.set_gauge("dns_seed_seq", self.sync.seq, seed=self.url.domain)
+        fresh: dict[SeedRejection, int] = {}
         for reason, n in self.sync.rejected.items():
-            delta = n - self._reported.get(reason, 0)
-            if delta > 0:
-                out[reason] = delta
+            if n > self._reported.get(reason, 0):
+                fresh[reason] = n - self._reported.get(reason, 0)
                 self._reported[reason] = n
-        return out
+                metrics.inc("dns_seed_rejected", fresh[reason], reason=reason.value)
+        if fresh:
+            shown = "; ".join(f"{name[:24]}: {reason.value}{' (' + detail + ')' if detail else ''}"
+                              for name, reason, detail in self.sync.rejections[-3:])
+            log.warning("dns seed %s refused %d entries (%s); e.g. %s", self.url.domain, sum(fresh.values()),
+                        ", ".join(f"{r.value} {n}" for r, n in sorted(fresh.items(), key=lambda kv: kv[0].value)),
+                        shown)
 
-    def recent_rejections(self, n: int = 5) -> Sequence[tuple[str, SeedRejection, str]]:
-        return self.sync.rejections[-n:]
+    def remembered(self) -> dict[str, Any] | None:
+        """What the data dir keeps for rollback protection (None: no root verified yet)."""
+        if self.sync.seq is None or self.sync.root_hash is None:
+            return None
+        return {"seq": self.sync.seq, "root": self.sync.root_hash.hex()}
+
+    def remember(self, entry: dict[str, Any]) -> bool:
+        """Take back what :meth:`remembered` gave; False (nothing taken) when it is damaged."""
+        seq, root = entry.get("seq"), entry.get("root")
+        try:
+            root_hash = bytes.fromhex(root) if isinstance(root, str) else None
+        except ValueError:
+            root_hash = None
+        if not (isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 and root_hash is not None):
+            return False
+        self.sync.seq, self.sync.root_hash = seq, root_hash
+        return True
 
     def status(self) -> dict[str, Any]:
         return {
